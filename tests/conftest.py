@@ -1,0 +1,114 @@
+"""Shared fixtures: real kernels, a loopback OTLP receiver, a real Phoenix server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .kernel import Kernel, kernelspec_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Variables that would send a test's spans somewhere it didn't choose.
+_ROUTING_PREFIXES = ("LANGFUSE_", "OTEL_", "TRACE_EXT_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ROUTING_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_kernelspec():
+    """Kernels in tests run this interpreter, whatever 'python3' means on the machine."""
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [kernelspec_dir(), old]))
+    yield
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, tmp_path):
+    """In-process tests never read the developer's LANGFUSE_*/OTEL_* settings."""
+    for key in list(os.environ):
+        if key.startswith(_ROUTING_PREFIXES):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TRACE_EXT_STORE_PATH", str(tmp_path / "store" / "spans.sqlite3"))
+
+
+@pytest.fixture
+def store_path(tmp_path) -> Path:
+    return tmp_path / "store" / "spans.sqlite3"
+
+
+@pytest.fixture
+def start_kernel(store_path, tmp_path):
+    """Start real kernels; each gets the test's store unless told otherwise. All are shut down."""
+    kernels: list[Kernel] = []
+
+    def start(store: Path | None = None, **env: str) -> Kernel:
+        kernel = Kernel(
+            env=clean_env(TRACE_EXT_STORE_PATH=str(store or store_path), **env),
+            cwd=str(tmp_path),
+        )
+        kernels.append(kernel)
+        return kernel
+
+    yield start
+    for kernel in kernels:
+        try:
+            kernel.shutdown(now=True)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def kernel(start_kernel) -> Kernel:
+    return start_kernel()
+
+
+@pytest.fixture
+def loaded(kernel) -> Kernel:
+    """A kernel with trace_ext loaded and nothing configured (the embedded default)."""
+    kernel.ok("%load_ext trace_ext")
+    return kernel
+
+
+@pytest.fixture
+def receiver():
+    from .otlp_receiver import OtlpReceiver
+
+    with OtlpReceiver() as rx:
+        yield rx
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a developer's machine that lacks a real dependency; under CI, fail instead."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: this test must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def phoenix():
+    from .backends import PHOENIX_VENV, PhoenixServer
+
+    require(
+        (PHOENIX_VENV / "bin" / "phoenix").exists(),
+        f"Arize Phoenix is not installed at {PHOENIX_VENV}; run `python -m tests.backends install`",
+    )
+    server = PhoenixServer()
+    server.start()
+    yield server
+    server.stop()
+

@@ -1,0 +1,149 @@
+"""Section 2: loading, unloading and reloading the extension in a real kernel."""
+
+from __future__ import annotations
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+# Records exit handlers as they are registered (atexit can't be listed), so a
+# test can count the ones trace_ext left registered.
+TRACK_ATEXIT = """
+import atexit
+_registered = []
+_register, _unregister = atexit.register, atexit.unregister
+def _tracking_register(fn, *args, **kwargs):
+    _registered.append(fn)
+    return _register(fn, *args, **kwargs)
+def _tracking_unregister(fn):
+    while fn in _registered:
+        _registered.remove(fn)
+    return _unregister(fn)
+atexit.register, atexit.unregister = _tracking_register, _tracking_unregister
+"""
+
+# Counts everything trace_ext puts into a shell, so a test can compare before and after.
+INVENTORY = """
+import threading, json
+ip = get_ipython()
+def _ours(cb):
+    return type(getattr(cb, "__self__", None)).__module__.startswith("trace_ext")
+from opentelemetry import trace as _t
+_p = _t.get_tracer_provider()
+_procs = getattr(getattr(_p, "_active_span_processor", None), "_span_processors", ())
+print(json.dumps({
+    "pre": sum(map(_ours, ip.events.callbacks["pre_run_cell"])),
+    "post": sum(map(_ours, ip.events.callbacks["post_run_cell"])),
+    "transformers": sum(getattr(t, "__module__", "").startswith("trace_ext") for t in ip.input_transformers_cleanup),
+    "line_magic": "trace" in ip.magics_manager.magics["line"],
+    "cell_magic": "trace" in ip.magics_manager.magics["cell"],
+    "config_magic_ours": hasattr(ip.magics_manager.magics["line"]["config"], "__wrapped__"),
+    "configurable": sum(type(c).__name__ == "TraceExt" for c in ip.configurables),
+    "senders": sum(t.name == "trace_ext-sender" and t.is_alive() for t in threading.enumerate()),
+    "processors": sum(type(p).__module__.startswith("trace_ext") for p in _procs),
+    "atexit": sum(_ours(fn) for fn in _registered),
+}))
+"""
+
+
+def inventory(kernel) -> dict:
+    import json
+
+    kernel.ok("try:\n    _registered\nexcept NameError:\n" + "\n".join("    " + l for l in TRACK_ATEXIT.splitlines()))
+    return json.loads(kernel.ok(INVENTORY).stdout)
+
+
+def test_import_alone_starts_no_thread_file_or_socket(store_path):
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, threading, json\n"
+        "def link(fd):\n"
+        "    try:\n"
+        "        return os.readlink(f'/proc/self/fd/{fd}')\n"
+        "    except OSError:\n"
+        "        return None  # the descriptor listdir itself used\n"
+        "def state():\n"
+        "    links = [link(fd) for fd in os.listdir('/proc/self/fd')]\n"
+        "    return [sorted(filter(None, links)), len(threading.enumerate())]\n"
+        "before = state()\n"
+        "import trace_ext, trace_ext._extension\n"
+        "print(json.dumps([before, state()]))\n"
+    )
+    env = {"TRACE_EXT_STORE_PATH": str(store_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    before, after = __import__("json").loads(out.stdout)
+    assert after == before
+    assert not store_path.parent.exists()
+
+
+def test_load_registers_hooks_magics_exit_handler_and_one_widget(kernel, store_path):
+    assert inventory(kernel)["atexit"] == 0
+    loaded = kernel.ok("%load_ext trace_ext")
+    widgets = [d for d in loaded.displays if WIDGET_MIME in d["data"]]
+    assert len(widgets) == 1, loaded.displays
+    assert "stored locally" in widgets[0]["data"]["text/plain"]
+    assert "text/html" in widgets[0]["data"]
+    state = inventory(kernel)
+    assert state == {
+        "pre": 1, "post": 1, "transformers": 1, "line_magic": True, "cell_magic": True,
+        "config_magic_ours": True, "configurable": 1, "senders": 1, "processors": 1,
+        "atexit": 1,
+    }
+    assert store_path.exists()
+    # The next cells don't display the widget again.
+    assert kernel.ok("1 + 1").displays == []
+
+
+def test_unload_removes_everything_and_stops_the_sender(kernel):
+    inventory(kernel)
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok("%%trace\n'before unload'")
+    kernel.ok("%unload_ext trace_ext")
+    state = inventory(kernel)
+    assert state == {
+        "pre": 0, "post": 0, "transformers": 0, "line_magic": False, "cell_magic": False,
+        "config_magic_ours": False, "configurable": 0, "senders": 0,
+        # The SDK can't remove a processor; ours stays attached but inert (see below).
+        "processors": 1, "atexit": 0,
+    }
+    gone = kernel.execute("%trace status")
+    assert gone.status == "error" and gone.reply["ename"] == "UsageError"
+    # The span recorded before unloading was saved.
+    kernel.ok("%load_ext trace_ext")
+    assert "'before unload'" in kernel.ok("%trace show 1").text()
+
+
+def test_three_reloads_leave_one_set_of_hooks_and_one_sender(kernel, store_path):
+    loaded = kernel
+    inventory(loaded)
+    loaded.ok("%load_ext trace_ext")
+    for _ in range(3):
+        loaded.ok("%reload_ext trace_ext")
+    state = inventory(loaded)
+    assert state == {
+        "pre": 1, "post": 1, "transformers": 1, "line_magic": True, "cell_magic": True,
+        "config_magic_ours": True, "configurable": 1, "senders": 1, "processors": 1,
+        "atexit": 1,
+    }
+    loaded.ok("%%trace once\nfrom opentelemetry import trace\ntrace.get_tracer('t').start_span('inner').end()")
+    from trace_ext._store import SpanStore
+
+    store = SpanStore(str(store_path))
+    [spans] = store.recent_traces(1)
+    assert sorted(s.name for s in spans) == ["inner", "once"]  # each span recorded once
+    store.close()
+
+
+def test_a_failing_hook_shows_in_the_widget_not_in_the_cell(loaded):
+    loaded.ok(
+        "from trace_ext._extension import active\n"
+        "def _broken(result):\n    raise RuntimeError('simulated hook failure')\n"
+        "active().cells.post_run_cell = _broken"
+    )
+    run = loaded.ok("%%trace\n40 + 2")
+    assert run.result["data"]["text/plain"] == "42"
+    assert run.stderr == "" and run.errors == []
+    assert "Traceback" not in run.text()
+    status = loaded.ok("%trace status")
+    assert "simulated hook failure" in status.displays[-1]["data"]["text/plain"]
+    assert any("simulated hook failure" in label for label in loaded.status_labels())

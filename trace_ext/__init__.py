@@ -1,0 +1,45 @@
+"""trace_ext: trustworthy tracing in Jupyter notebooks.
+
+``%load_ext trace_ext`` saves every cell's spans to a local store when the cell
+ends, delivers them over OTLP/HTTP in the background, shows delivery live, and
+adds ``%%trace`` to record a cell as a span. Importing this package does
+nothing else: no thread, file or socket exists until the extension is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._status import DeliveryReport
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "flush", "load_ipython_extension", "unload_ipython_extension"]
+
+# A library's loggers stay quiet unless the application configures logging.
+logging.getLogger("trace_ext").addHandler(logging.NullHandler())
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext trace_ext``: hooks, magics, sender thread and status widget."""
+    from ._extension import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext trace_ext``: flush (bounded), stop the sender, remove hooks and magics."""
+    from ._extension import unload
+
+    unload(ipython)
+
+
+def flush(timeout: float = 10.0) -> DeliveryReport:
+    """Wait up to ``timeout`` seconds for stored spans to be delivered; say what happened."""
+    from ._extension import active
+
+    extension = active()
+    if extension is None:
+        raise RuntimeError("trace_ext is not loaded: run %load_ext trace_ext first.")
+    return extension.flush(timeout)

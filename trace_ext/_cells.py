@@ -1,0 +1,193 @@
+"""The traced-cell span lifecycle: opened in ``pre_run_cell``, closed in ``post_run_cell``.
+
+A ``%%trace`` cell is not run by the magic. An input transformer removes the
+``%%trace`` line, so IPython runs the body as an ordinary cell (``Out[n]``,
+``await``, tracebacks, ``;`` and hooks all behave as untraced), while the
+pre-cell hook opens the span and makes it current, and the post-cell hook
+records the outcome and ends it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import traceback
+from typing import Callable
+
+import IPython
+from IPython.core.error import UsageError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from ._capture import safe_repr, truncate
+from ._magics import CellArgs, parse_cell_args
+
+__all__ = ["CellTracer", "split_traced_cell", "strip_trace_line"]
+
+_TRACE_LINE = re.compile(r"%%trace(?:[ \t]+(.*))?")
+_IPYTHON_DIR = os.path.dirname(os.path.abspath(IPython.__file__))
+
+
+def split_traced_cell(raw_cell: str) -> tuple[str, str] | None:
+    """``(argument line, body)`` if the cell starts with ``%%trace``, else None."""
+    lines = raw_cell.splitlines(keepends=True)
+    while lines and not lines[0].strip():
+        lines.pop(0)  # IPython ignores leading blank lines too
+    if not lines:
+        return None
+    match = _TRACE_LINE.fullmatch(lines[0].strip())
+    if match is None:
+        return None
+    return match.group(1) or "", "".join(lines[1:])
+
+
+def strip_trace_line(lines: list[str]) -> list[str]:
+    """Input transformer: drop a valid ``%%trace`` line so the body runs as a normal cell.
+
+    The line becomes a blank line, so line numbers in tracebacks and
+    SyntaxErrors match the cell as written. With invalid arguments the line
+    stays, and the ``%%trace`` magic itself raises the UsageError.
+    """
+    if not lines:
+        return lines
+    match = _TRACE_LINE.fullmatch(lines[0].strip())
+    if match is None:
+        return lines
+    try:
+        parse_cell_args(match.group(1) or "")
+    except UsageError:
+        return lines
+    rest = lines[1:]
+    if rest and rest[0].startswith("%%"):
+        return rest  # another cell magic must stay on the first line
+    return ["\n", *rest]
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback the user sees: without IPython's own frames at the top."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_IPYTHON_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() failed>"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class CellTracer:
+    """Opens and closes the span of ``%%trace`` cells."""
+
+    def __init__(
+        self,
+        tracer_factory: Callable[[], trace.Tracer],
+        settings,
+        session_id: str,
+    ) -> None:
+        self._tracer = tracer_factory
+        self._settings = settings
+        self._session_id = session_id
+        self._span: trace.Span | None = None
+        self._named = False
+        self._context = None
+        self._token = None
+
+    def _attributes(self, args: CellArgs, body: str, count: int, cell_id: str | None) -> dict:
+        limit = self._settings.max_attribute_length
+        source = truncate(body, limit)
+        attributes = {
+            "langfuse.trace.name": args.name or f"In [{count}]",
+            "langfuse.observation.input": source,
+            "input.value": source,  # OpenInference: how Phoenix shows a span's input
+            "openinference.span.kind": "CHAIN",
+            "session.id": args.session or self._settings.session_id or self._session_id,
+            "jupyter.execution_count": count,
+        }
+        user = args.user or self._settings.user_id
+        if user:
+            attributes["user.id"] = user
+        if args.tags:
+            attributes["langfuse.trace.tags"] = list(args.tags)
+        for key, value in args.metadata.items():
+            attributes[f"langfuse.trace.metadata.{key}"] = value
+        if cell_id:
+            attributes["jupyter.cell_id"] = cell_id
+        return attributes
+
+    def pre_run_cell(self, info, count: int) -> None:
+        self.end_open_span("The cell ended without its post-run hook.")
+        parsed = split_traced_cell(info.raw_cell or "")
+        if parsed is None:
+            return
+        line, body = parsed
+        try:
+            args = parse_cell_args(line)
+        except UsageError:
+            return  # the %%trace magic runs instead and reports it
+        name = args.name or f"In [{count}]"
+        # A fresh, empty context: the cell is the root of a new trace, whatever
+        # an earlier cell left attached (ipykernel shares one context across cells).
+        span = self._tracer().start_span(
+            name,
+            context=otel_context.Context(),
+            attributes=self._attributes(args, body, count, getattr(info, "cell_id", None)),
+        )
+        self._span, self._named = span, args.name is not None
+        self._context = trace.set_span_in_context(span, otel_context.Context())
+        self._token = otel_context.attach(self._context)
+
+    def post_run_cell(self, result) -> None:
+        span = self._span
+        if span is None:
+            return
+        try:
+            self._record_outcome(span, result)
+        finally:
+            self._close()
+
+    def _record_outcome(self, span, result) -> None:
+        limit = self._settings.max_attribute_length
+        count = result.execution_count
+        if count is not None:
+            span.set_attribute("jupyter.execution_count", count)
+            if not self._named:
+                span.update_name(f"In [{count}]")
+                span.set_attribute("langfuse.trace.name", f"In [{count}]")
+        error = result.error_before_exec or result.error_in_exec
+        if error is not None:
+            description = truncate(_describe(error), limit)
+            span.set_status(Status(StatusCode.ERROR, description))
+            span.record_exception(
+                error,
+                attributes={"exception.stacktrace": truncate(_user_traceback(error), limit)},
+                escaped=True,
+            )
+            span.set_attribute("langfuse.observation.level", "ERROR")
+            span.set_attribute("langfuse.observation.status_message", description)
+        elif result.result is not None:
+            output = safe_repr(result.result, limit)
+            span.set_attribute("langfuse.observation.output", output)
+            span.set_attribute("output.value", output)
+
+    def end_open_span(self, reason: str) -> None:
+        """End a span whose cell never reported back (so it isn't left open forever)."""
+        span = self._span
+        if span is not None:
+            span.set_status(Status(StatusCode.ERROR, reason))
+            self._close()
+
+    def _close(self) -> None:
+        span, context, token = self._span, self._context, self._token
+        self._span = self._context = self._token = None
+        if span is not None:
+            span.end(end_time=time.time_ns())
+        # Cells with top-level await run in their own asyncio task, whose context
+        # died with it; only detach where our context is still the current one.
+        if token is not None and otel_context.get_current() is context:
+            otel_context.detach(token)

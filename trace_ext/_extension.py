@@ -1,0 +1,302 @@
+"""Wiring for one IPython shell: settings, store, processor, sender, hooks, magics, widget.
+
+``load`` builds everything in order; ``unload`` takes it apart in reverse, so
+``%reload_ext trace_ext`` leaves exactly one of each behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sqlite3
+import sys
+import time
+import uuid
+
+from IPython.display import display
+from opentelemetry.sdk.resources import Resource
+from traitlets import TraitError
+
+from . import __version__
+from ._cells import CellTracer, strip_trace_line
+from ._magics import TraceMagics, wrap_config_magic
+from ._processor import attach_processor
+from ._sender import Sender, SenderConfig
+from ._status import DeliveryReport, DeliveryStatus
+from ._store import LOCAL, PENDING, SpanStore
+from ._view import TraceView
+from ._widget import StatusDisplay
+from .config import SettingError, TraceExt, environment_fingerprint, resolve_destination
+
+__all__ = ["Extension", "active", "load", "unload"]
+
+log = logging.getLogger("trace_ext")
+_ACTIVE: dict[int, "Extension"] = {}
+_SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
+
+_SENDER_SETTINGS = (
+    "endpoint", "headers", "protocol", "compression", "export_timeout",
+    "max_batch_spans", "max_batch_bytes",
+)
+
+
+def _log_to_process_stderr() -> None:
+    # Our warnings go to the kernel's own stderr (the server log), never into
+    # the user's cell, even when the user configured the root logger.
+    if not any(getattr(h, "_trace_ext", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.setFormatter(logging.Formatter("[trace_ext] %(levelname)s %(message)s"))
+        handler._trace_ext = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _settings_for(shell) -> tuple[TraceExt, list[str]]:
+    """TraceExt from the shell's config; an invalid value is reported and skipped."""
+    settings, problems = TraceExt(), []
+    section = shell.config.get("TraceExt", {}) if shell is not None else {}
+    for name, value in section.items():
+        try:
+            setattr(settings, name, value)
+        except TraitError as exc:
+            problems.append(f"c.TraceExt.{name} in your IPython config is ignored: {exc}")
+    return settings, problems
+
+
+def _resource() -> Resource:
+    env = os.environ
+    named = "OTEL_SERVICE_NAME" in env or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    return Resource.create({} if named else {"service.name": "jupyter-notebook"})
+
+
+class Extension:
+    """trace_ext loaded into one shell."""
+
+    def __init__(self, shell) -> None:
+        self.shell = shell
+        self.settings, problems = _settings_for(shell)
+        self.status = DeliveryStatus()
+        if problems:
+            self.status.last_error = problems[-1]
+        self.session_id = _SESSION_IDS.setdefault(
+            id(shell), time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        )
+        self._displays: list[StatusDisplay] = []
+        self._env = environment_fingerprint()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def load(self) -> None:
+        _log_to_process_stderr()
+        shell, s = self.shell, self.settings
+        self.store = SpanStore(s.store_path)
+        self.status.store_path = s.store_path
+        counts = self.store.counts()
+        self.status.local, self.status.pending = counts.local, counts.pending
+        self.processor, self._provider, warning = attach_processor(_resource)
+        if warning:
+            self.status.last_error = warning
+        self.sender = Sender(self.store, self.status, self.commit)
+        self.sender.periodic = not s.flush_after_cell
+        self.processor.activate(s.max_attribute_length, self.sender.request_spill, self.commit)
+        self._apply_destination()
+        self.sender.start()
+        self.cells = CellTracer(self.tracer, s, self.session_id)
+        shell.events.register("pre_run_cell", self._pre_run_cell)
+        shell.events.register("post_run_cell", self._post_run_cell)
+        shell.input_transformers_cleanup.append(strip_trace_line)
+        self.magics = TraceMagics(shell, self)
+        shell.register_magics(self.magics)
+        self._restore_config = wrap_config_magic(shell, s)
+        shell.configurables.append(s)
+        s.observe(self._on_setting)
+        atexit.register(self._at_exit)
+        if s.widget:
+            display(self.status_display())
+
+    def unload(self) -> None:
+        shell, s = self.shell, self.settings
+        atexit.unregister(self._at_exit)
+        s.unobserve(self._on_setting)
+        if s in shell.configurables:
+            shell.configurables.remove(s)
+        self._restore_config()
+        for kind in ("line", "cell"):
+            shell.magics_manager.magics[kind].pop("trace", None)
+        shell.magics_manager.registry.pop(type(self.magics).__name__, None)
+        if strip_trace_line in shell.input_transformers_cleanup:
+            shell.input_transformers_cleanup.remove(strip_trace_line)
+        shell.events.unregister("post_run_cell", self._post_run_cell)
+        shell.events.unregister("pre_run_cell", self._pre_run_cell)
+        self.cells.end_open_span("trace_ext was unloaded while the cell ran.")
+        self.commit()
+        self.processor.deactivate()
+        self.sender.shutdown(s.shutdown_timeout)
+        self.store.close()
+        for view in self._displays:
+            view.close()
+        self._displays.clear()
+
+    def _at_exit(self) -> None:
+        try:
+            self.cells.end_open_span("The kernel exited while the cell ran.")
+            self.commit()
+            report = self.sender.shutdown(self.settings.shutdown_timeout)
+            if report.pending:
+                log.info("%s spans stay in %s and are sent next time.", report.pending, self.store.path)
+        except Exception:
+            log.exception("trace_ext could not finish at exit")
+
+    # -- hooks (never raise into the user's cell) ----------------------------
+
+    def _pre_run_cell(self, info) -> None:
+        try:
+            count = self.shell.execution_count - (1 if info.store_history else 0)
+            self.cells.pre_run_cell(info, count)
+        except Exception as exc:
+            self._internal_error("starting the cell's span", exc)
+
+    def _post_run_cell(self, result) -> None:
+        try:
+            self.cells.post_run_cell(result)
+        except Exception as exc:
+            self._internal_error("ending the cell's span", exc)
+        try:
+            if self._env != environment_fingerprint():
+                self._env = environment_fingerprint()
+                self._apply_destination()
+            self.commit()
+            self.sender.wake()
+        except Exception as exc:
+            self._internal_error("saving the cell's spans", exc)
+
+    def _internal_error(self, doing: str, exc: Exception) -> None:
+        log.warning("trace_ext failed %s", doing, exc_info=exc)
+        self.status.last_error = f"trace_ext failed {doing} ({type(exc).__name__}: {exc}); the cell itself was not affected."
+
+    # -- the pipeline ---------------------------------------------------------
+
+    def tracer(self):
+        return self._provider.get_tracer("trace_ext", __version__)
+
+    def commit(self) -> None:
+        """Move buffered spans into the store: durable once this returns."""
+        records = self.processor.drain()
+        if not records:
+            return
+        sending = self.sender.config is not None
+        try:
+            self.store.append(records, PENDING if sending else LOCAL)
+        except sqlite3.Error as exc:
+            self.processor.put_back(records)
+            self.status.last_error = (
+                f"Could not save {len(records)} spans to {self.store.path} ({exc}); "
+                "they are kept in memory and saved after the next cell."
+            )
+            return
+        with self.status.lock:
+            if sending:
+                self.status.pending += len(records)
+            else:
+                self.status.local += len(records)
+
+    def _apply_destination(self) -> None:
+        s = self.settings
+        try:
+            destination, warning = resolve_destination(s)
+        except SettingError as exc:
+            destination, warning = None, str(exc)
+        config = None
+        if destination is not None:
+            config = SenderConfig(
+                destination, s.protocol, s.compression, s.export_timeout,
+                s.max_batch_spans, s.max_batch_bytes,
+            )
+        with self.status.lock, self.status.hold_trait_notifications():
+            self.status.destination = destination.host if destination else ""
+            if destination is None:
+                self.status.state = "local"
+            elif self.status.state == "local":
+                self.status.state = "idle"
+            if warning:
+                self.status.last_error = warning
+        self.sender.configure(config)
+
+    def _on_setting(self, change) -> None:
+        name = change["name"]
+        if name in _SENDER_SETTINGS:
+            self._apply_destination()
+        elif name == "max_attribute_length":
+            self.processor.set_attribute_limit(change["new"])
+        elif name == "flush_after_cell":
+            self.sender.periodic = not change["new"]
+        elif name == "store_path":
+            self._switch_store(change["new"])
+        elif name == "widget":
+            if change["new"]:
+                display(self.status_display())
+            else:
+                for view in self._displays:
+                    view.close()
+                self._displays.clear()
+
+    def _switch_store(self, path: str) -> None:
+        self.commit()
+        self.sender.shutdown(min(self.settings.shutdown_timeout, 1.0))
+        self.store.close()
+        self.store = SpanStore(path)
+        counts = self.store.counts()
+        with self.status.lock, self.status.hold_trait_notifications():
+            self.status.store_path = path
+            self.status.local, self.status.pending = counts.local, counts.pending
+        self.sender = Sender(self.store, self.status, self.commit)
+        self.sender.periodic = not self.settings.flush_after_cell
+        self._apply_destination()
+        self.sender.start()
+
+    # -- what the magics and the public API use -------------------------------
+
+    def status_display(self) -> StatusDisplay:
+        in_kernel = getattr(self.shell, "kernel", None) is not None
+        view = StatusDisplay(self.status, use_widget=self.settings.widget and in_kernel)
+        self._displays.append(view)
+        return view
+
+    def flush(self, timeout: float) -> DeliveryReport:
+        self.commit()
+        return self.sender.flush(timeout)
+
+    def view(self, count: int) -> TraceView:
+        self.commit()
+        return TraceView(self.store.recent_traces(count))
+
+    def retry_failed(self) -> str:
+        count = self.store.requeue_failed()
+        if count:
+            with self.status.lock:
+                self.status.pending += count
+            self.sender.wake()
+        return f"{count} failed spans queued again."
+
+
+def active(shell=None) -> Extension | None:
+    if shell is None:
+        return next(iter(_ACTIVE.values()), None)
+    return _ACTIVE.get(id(shell))
+
+
+def load(shell) -> None:
+    current = _ACTIVE.pop(id(shell), None)
+    if current is not None:
+        current.unload()
+    extension = Extension(shell)
+    extension.load()
+    _ACTIVE[id(shell)] = extension
+
+
+def unload(shell) -> None:
+    extension = _ACTIVE.pop(id(shell), None)
+    if extension is not None:
+        extension.unload()

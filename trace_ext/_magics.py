@@ -1,0 +1,196 @@
+"""``%%trace`` and ``%trace``, their argument parsing, and ``%config TraceExt.*`` errors."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import display
+from traitlets import TraitError
+
+if TYPE_CHECKING:
+    from ._extension import Extension
+
+__all__ = ["CellArgs", "TraceMagics", "parse_cell_args", "wrap_config_magic"]
+
+USAGE = "%%trace [NAME] [--session ID] [--user ID] [--tag TAG]... [--metadata KEY=VALUE]..."
+
+
+@dataclass(frozen=True)
+class CellArgs:
+    name: str | None = None
+    session: str | None = None
+    user: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _split(line: str, what: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc} in {line.strip()!r}; see {what}? for usage.") from None
+
+
+def _parser(prog: str, usage: str) -> MagicArgumentParser:
+    # MagicArgumentParser turns argparse's errors into UsageError instead of exiting.
+    return MagicArgumentParser(prog=prog, add_help=False, usage=usage)
+
+
+def _cell_parser() -> MagicArgumentParser:
+    parser = _parser("%%trace", USAGE)
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--session")
+    parser.add_argument("--user")
+    parser.add_argument("--tag", action="append", default=[])
+    parser.add_argument("--metadata", action="append", default=[])
+    return parser
+
+
+def parse_cell_args(line: str) -> CellArgs:
+    """Parse the ``%%trace`` line's arguments; a mistake raises one-sentence ``UsageError``."""
+    try:
+        ns = _cell_parser().parse_args(_split(line, "%%trace"))
+    except UsageError as exc:
+        raise UsageError(f"%%trace: {str(exc).rstrip('.')}; usage: {USAGE}") from None
+    metadata = {}
+    for item in ns.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"%%trace: --metadata takes KEY=VALUE, not {item!r}.")
+        metadata[key] = value
+    return CellArgs(ns.name, ns.session, ns.user, tuple(ns.tag), metadata)
+
+
+_LINE_COMMANDS = "status, flush [--timeout SECONDS], show [N] or retry"
+
+
+@magics_class
+class TraceMagics(Magics):
+    """The ``trace`` line and cell magic."""
+
+    def __init__(self, shell, extension: Extension) -> None:
+        super().__init__(shell)
+        self._ext = extension
+
+    @line_cell_magic
+    def trace(self, line: str, cell: str | None = None):
+        """Trace a cell as a span, or inspect trace_ext.
+
+        Cell magic::
+
+            %%trace [NAME] [--session ID] [--user ID] [--tag TAG]... [--metadata KEY=VALUE]...
+
+        Runs the cell exactly as it would run untraced (output, errors,
+        ``await``, ``Out[n]``) and records it as the root span of a new trace:
+        the cell source as input, the repr of its value as output, an error
+        status with the traceback if it raises, its timing and execution
+        count. Spans made inside the cell by any OpenTelemetry tracer nest
+        under it.
+
+          NAME                 span and trace name (default: "In [n]")
+          --session ID         session.id (default: one per kernel session)
+          --user ID            user.id
+          --tag TAG            a trace tag; repeat for several
+          --metadata KEY=VALUE trace metadata; repeat for several
+
+        Line magic::
+
+            %trace status              show delivery status (pending / sent / failed)
+            %trace flush [--timeout S] wait up to S seconds (default 10) for delivery
+            %trace show [N]            the last N traces in the local store (default 5)
+            %trace retry               queue spans that failed for another try
+
+        Settings: ``%config TraceExt`` lists them; ``%config TraceExt.endpoint = "..."``
+        changes one at once.
+        """
+        if cell is not None:
+            return self._traced_cell_fallback(line, cell)
+        words = _split(line, "%trace")
+        command, rest = (words[0], words[1:]) if words else ("status", [])
+        if command == "status" and not rest:
+            display(self._ext.status_display())
+        elif command == "flush":
+            parser = _parser("%trace flush", "%trace flush [--timeout SECONDS]")
+            parser.add_argument("--timeout", type=float, default=10.0)
+            ns = parser.parse_args(rest)
+            if ns.timeout < 0:
+                raise UsageError("%trace flush: --timeout must be a number of seconds ≥ 0.")
+            print(self._ext.flush(ns.timeout))
+        elif command == "show" and len(rest) <= 1:
+            count = rest[0] if rest else "5"
+            if not count.isdigit() or int(count) < 1:
+                raise UsageError(f"%trace show takes a positive number of traces, not {count!r}.")
+            display(self._ext.view(int(count)))
+        elif command == "retry" and not rest:
+            print(self._ext.retry_failed())
+        else:
+            raise UsageError(f"%trace {line.strip()!r} is not a command: use {_LINE_COMMANDS}.")
+
+    def _traced_cell_fallback(self, line: str, cell: str):
+        """Reached only when the cell magic is called directly (``run_cell_magic``).
+
+        A notebook cell starting with ``%%trace`` never gets here: the input
+        transformer removes the line and the pre/post-cell hooks trace the
+        cell. Here bad arguments raise ``UsageError``; good ones run the body
+        in a span that is a child of the current one.
+        """
+        args = parse_cell_args(line)
+        shell = self.shell
+        tree = ast.parse(shell.transform_cell(cell))
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        with self._ext.tracer().start_as_current_span(args.name or "%%trace"):
+            exec(compile(tree, "<trace cell>", "exec"), shell.user_ns)
+            if last is not None:
+                expression = ast.Expression(last.value)
+                return eval(compile(expression, "<trace cell>", "eval"), shell.user_ns)
+        return None
+
+
+_TRAIT_ERROR = re.compile(r"The '(\w+)' trait of a TraceExt instance")
+
+
+def wrap_config_magic(shell, settings) -> Callable[[], None]:
+    """Make ``%config TraceExt.x = value`` raise ``UsageError`` for a bad value.
+
+    IPython's ``%config`` logs every error as a bare log line and reports the
+    cell as successful. For ``TraceExt`` lines we set the trait ourselves so a
+    mistake is a ``UsageError`` (the cell fails, the old value stays); every
+    other line goes to IPython's own ``%config``. Returns the undo function.
+    """
+    magics = shell.magics_manager.magics["line"]
+    # IPython 9 registers %config lazily: resolve it first, so we wrap (and
+    # later put back) the real magic rather than its placeholder.
+    shell.find_line_magic("config")
+    original = magics.get("config")
+    if original is None:
+        return lambda: None
+
+    @functools.wraps(original)
+    def config(line: str = ""):
+        match = re.fullmatch(r"\s*TraceExt\.(\w+)\s*=(.*)", line, re.S)
+        if match is None:
+            return original(line)
+        name, expression = match.groups()
+        if name not in settings.trait_names(config=True):
+            raise UsageError(f"TraceExt has no setting {name!r}; `%config TraceExt` lists them.")
+        value = shell.ev(expression.strip())
+        try:
+            setattr(settings, name, value)
+        except TraitError as exc:
+            raise UsageError(_TRAIT_ERROR.sub(r"TraceExt.\1", str(exc))) from None
+
+    magics["config"] = config
+
+    def restore() -> None:
+        if magics.get("config") is config:
+            magics["config"] = original
+
+    return restore

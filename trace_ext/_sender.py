@@ -1,0 +1,350 @@
+"""The sender thread: stored spans to an OTLP/HTTP endpoint, with retries.
+
+One named daemon thread per extension. It sleeps on an Event that the
+post-cell hook sets, claims a size-bounded batch from the store, posts it with
+httpx and records the outcome in the store and the status counters. Every wait
+has a timeout, and nothing here ever runs on the cell's thread except
+:meth:`flush` and :meth:`shutdown`, which the user (or kernel exit) asked for.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import httpx
+
+from ._otlp import build_request, parse_response, to_json
+from ._status import DeliveryReport, DeliveryStatus
+from ._store import Claimed, SpanStore
+from .config import Destination
+
+__all__ = ["Sender", "SenderConfig"]
+
+log = logging.getLogger("trace_ext")
+
+BACKOFF_BASE = 1.0  # seconds before the first retry
+BACKOFF_CAP = 30.0  # seconds: retries never space out further than this
+RETRY_AFTER_CAP = 3600.0  # seconds: a larger Retry-After is taken as this
+POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    destination: Destination
+    protocol: str = "http/protobuf"
+    compression: str = "gzip"
+    export_timeout: float = 10.0
+    max_batch_spans: int = 512
+    max_batch_bytes: int = 4_000_000
+
+
+@dataclass(frozen=True)
+class _Retry:
+    delay: float | None  # the server's Retry-After, if it gave one
+    reason: str
+    auth: bool = False
+
+
+_SPLIT = object()  # outcome: the batch is too large or holds a bad span; halve it
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The server's own words about a refusal, short and printable."""
+    text = ""
+    try:
+        if "json" in response.headers.get("content-type", ""):
+            body = response.json()
+            if isinstance(body, dict):
+                text = str(body.get("message") or body.get("error") or body.get("detail") or body)
+        else:
+            text = response.content.decode("utf-8", "replace")
+    except Exception:
+        text = ""
+    text = " ".join("".join(ch for ch in text if ch.isprintable() or ch.isspace()).split())
+    return text[:300]
+
+
+class Sender:
+    """Delivers the store's pending spans in the background."""
+
+    def __init__(self, store: SpanStore, status: DeliveryStatus, spill: Callable[[], None]) -> None:
+        self._store = store
+        self._status = status
+        self._spill = spill  # moves the in-memory buffer into the store
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._config: SenderConfig | None = None
+        self._client: httpx.Client | None = None
+        self._client_for: SenderConfig | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._flush_now = False
+        self._spill_now = False
+        self._attempt = 0
+        self._retry_at = 0.0  # epoch seconds; no request before it
+        self._deadline: float | None = None  # monotonic; set while shutting down
+        self.periodic = False  # True: send every POLL_INTERVAL rather than when woken
+
+    # -- control, from the cell's thread ------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="trace_ext-sender", daemon=True)
+            self._thread.start()
+
+    @property
+    def config(self) -> SenderConfig | None:
+        return self._config
+
+    def configure(self, config: SenderConfig | None) -> None:
+        """Switch destination or settings; a changed destination is tried at once."""
+        if config == self._config:
+            return
+        self._config = config
+        self._attempt, self._retry_at = 0, 0.0
+        self._flush_now = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        if not self.periodic:
+            self._wake.set()
+
+    def request_spill(self) -> None:
+        self._spill_now = True
+        self._wake.set()
+
+    def flush(self, timeout: float) -> DeliveryReport:
+        """Wait until nothing is pending or ``timeout`` seconds pass, and say what happened."""
+        sent0, failed0 = self._status.sent, self._status.failed
+        config = self._config
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if config is not None and self._thread is not None and self._thread.is_alive():
+            self._flush_now = True
+            self._wake.set()
+            with self._progress:
+                while self._store.pending() and time.monotonic() < deadline:
+                    self._progress.wait(min(0.25, max(deadline - time.monotonic(), 0.0)))
+        counts = self._store.counts()
+        return DeliveryReport(
+            sent=self._status.sent - sent0,
+            failed=self._status.failed - failed0,
+            pending=counts.pending,
+            local=counts.local,
+            destination=config.destination.host if config else "",
+            timed_out=bool(counts.pending) and config is not None,
+        )
+
+    def shutdown(self, timeout: float) -> DeliveryReport:
+        """Flush for at most ``timeout`` seconds, then stop the thread. Safe to call twice."""
+        start = time.monotonic()
+        self._deadline = start + timeout
+        report = self.flush(timeout)
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # A request in flight is bounded by the deadline too (see _post), so
+            # this join is short; if it isn't, the daemon thread dies with the process.
+            thread.join(max(self._deadline - time.monotonic(), 0.0) + 0.5)
+        self._status.state = "stopped"
+        return report
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the thread -----------------------------------------------------------
+
+    def _wait_time(self) -> float | None:
+        if self._config is None:
+            return None  # nothing to do until configured
+        until_retry = self._retry_at - time.time()
+        if until_retry > 0:
+            return min(until_retry, POLL_INTERVAL)
+        return POLL_INTERVAL
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._wait_time())
+            self._wake.clear()
+            try:
+                self._step()
+            except Exception as exc:  # keep the thread alive whatever happens
+                log.exception("trace_ext sender step failed")
+                self._status.last_error = f"The sender hit an internal error: {exc}."
+            with self._progress:
+                self._progress.notify_all()
+        self._close_client()
+
+    def _step(self) -> None:
+        if self._spill_now:
+            self._spill_now = False
+            self._spill()
+        if self._stopping:
+            return
+        config = self._config
+        if config is None:
+            return
+        if time.time() < self._retry_at and not self._flush_now:
+            return
+        self._flush_now = False
+        while not self._stopping or self._deadline is not None:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                return
+            if self._config is not config:
+                return  # reconfigured mid-way: the next step uses the new settings
+            batch = self._store.claim(
+                config.max_batch_spans, config.max_batch_bytes, max(30.0, 2 * config.export_timeout)
+            )
+            if not batch:
+                self._attempt = 0
+                self._set_state("idle")
+                return
+            retry = self._deliver(config, batch)
+            with self._progress:
+                self._progress.notify_all()
+            if retry is not None:
+                self._schedule_retry(retry)
+                return
+            if self._stopping and self._deadline is None:
+                return
+
+    def _schedule_retry(self, retry: _Retry) -> None:
+        backoff = min(BACKOFF_CAP, BACKOFF_BASE * 2**self._attempt) * random.uniform(0.5, 1.0)
+        self._attempt += 1
+        delay = retry.delay if retry.delay is not None else backoff
+        self._retry_at = time.time() + delay
+        with self._status.lock, self._status.hold_trait_notifications():
+            self._status.state = "paused" if retry.auth else "retrying"
+            self._status.last_error = retry.reason
+            self._status.pending = self._store.pending()
+
+    def _set_state(self, state: str) -> None:
+        with self._status.lock, self._status.hold_trait_notifications():
+            self._status.state = state
+            self._status.pending = self._store.pending()
+
+    def _deliver(self, config: SenderConfig, batch: list[Claimed]) -> _Retry | None:
+        """Send a batch, halving it on 413/400 to isolate what the server refuses."""
+        parts = [batch]
+        while parts:
+            part = parts.pop()
+            outcome = self._post(config, part)
+            if outcome is _SPLIT:
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]
+            elif isinstance(outcome, _Retry):
+                waiting = [span.id for p in parts + [part] for span in p]
+                self._store.release(waiting, time.time() + (outcome.delay or 0.0))
+                return outcome
+        return None
+
+    def _client_for_config(self, config: SenderConfig) -> httpx.Client:
+        if self._client is None or self._client_for != config:
+            self._close_client()
+            self._client = httpx.Client(headers={"User-Agent": _user_agent()})
+            self._client_for = config
+        return self._client
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _body(self, config: SenderConfig, batch: list[Claimed]) -> tuple[bytes, dict[str, str]]:
+        origins = self._store.origins(span.origin for span in batch)
+        groups: dict[int, list[bytes]] = {}
+        for span in batch:
+            groups.setdefault(span.origin, []).append(span.payload)
+        body = build_request((*origins[o], payloads) for o, payloads in groups.items())
+        headers = dict(config.destination.headers)
+        if config.protocol == "http/json":
+            body, headers["Content-Type"] = to_json(body), "application/json"
+        else:
+            headers["Content-Type"] = "application/x-protobuf"
+        if config.compression == "gzip":
+            body, headers["Content-Encoding"] = gzip.compress(body, compresslevel=5), "gzip"
+        return body, headers
+
+    def _post(self, config: SenderConfig, batch: list[Claimed]):
+        """One request. Marks the batch's spans, or returns _SPLIT or a _Retry."""
+        host = config.destination.host
+        body, headers = self._body(config, batch)
+        timeout = config.export_timeout
+        if self._deadline is not None:
+            timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
+        self._set_state("sending")
+        ids = [span.id for span in batch]
+        try:
+            response = self._client_for_config(config).post(
+                config.destination.url, content=body, headers=headers, timeout=timeout
+            )
+        except httpx.TimeoutException:
+            return _Retry(None, f"{host} did not answer within {timeout:g} s; retrying.")
+        except httpx.HTTPError as exc:
+            return _Retry(None, f"Could not reach {host} ({_short(exc)}); retrying.")
+        code = response.status_code
+        if 200 <= code < 300:
+            rejected, message = parse_response(response.headers.get("content-type", ""), response.content)
+            rejected = min(rejected, len(ids))
+            note = f"{host} rejected {rejected} of {len(ids)} spans in this request: {message}" if rejected else None
+            self._store.mark_sent(ids, note)
+            with self._status.lock, self._status.hold_trait_notifications():
+                self._status.add(sent=len(ids) - rejected, failed=rejected)
+                self._status.last_delivery = time.time()
+                if note:
+                    self._status.last_error = note + "."
+            return None
+        message = _server_message(response)
+        said = f": {message}" if message else ""
+        if code in (400, 413) and len(batch) > 1:
+            return _SPLIT
+        if code in (401, 403):
+            return _Retry(
+                None,
+                f"{host} rejected the credentials (HTTP {code}){said}. Spans are kept; fix the "
+                "keys (LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY or %config TraceExt.headers) "
+                "and delivery resumes.",
+                auth=True,
+            )
+        if code in (408, 429) or code >= 500:
+            return _Retry(_retry_after(response), f"{host} answered HTTP {code}{said}; retrying.")
+        reason = f"{host} refused the span (HTTP {code}){said}."
+        if code == 404:
+            reason += " Check TraceExt.endpoint: it should end in /v1/traces."
+        self._store.mark_failed(ids, reason)
+        with self._status.lock, self._status.hold_trait_notifications():
+            self._status.add(failed=len(ids))
+            self._status.last_error = reason
+        return None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _user_agent() -> str:
+    from . import __version__
+
+    return f"trace_ext/{__version__}"

@@ -1,0 +1,60 @@
+"""Delivery counters, shared by the sender (which writes them) and the status displays."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from traitlets import Float, HasTraits, Int, Unicode
+
+__all__ = ["DeliveryReport", "DeliveryStatus"]
+
+
+class DeliveryStatus(HasTraits):
+    """What the status widget shows. Traits, so views observe them and update live."""
+
+    #: 'local' (no destination: spans stay in the store), 'idle', 'sending',
+    #: 'retrying', 'paused' (credentials rejected) or 'stopped'.
+    state = Unicode("local")
+    pending = Int(0, help="spans in the store waiting to be sent")
+    local = Int(0, help="spans kept in the store only (no destination was configured)")
+    sent = Int(0, help="spans delivered since the extension was loaded")
+    failed = Int(0, help="spans the backend refused since the extension was loaded")
+    destination = Unicode("", help="host (and port) spans go to; never credentials")
+    store_path = Unicode("")
+    last_delivery = Float(None, allow_none=True, help="epoch seconds of the last 2xx")
+    last_error = Unicode("", help="the last problem, in one sentence")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # Traits are written by the sender thread and the cell's thread; a lock
+        # keeps read-modify-write updates (counters) whole.
+        self.lock = threading.RLock()
+
+    def add(self, *, sent: int = 0, failed: int = 0) -> None:
+        with self.lock, self.hold_trait_notifications():
+            self.sent += sent
+            self.failed += failed
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What a flush achieved: returned by ``%trace flush`` and ``trace_ext.flush()``."""
+
+    sent: int
+    failed: int
+    pending: int
+    local: int = 0
+    destination: str = ""
+    timed_out: bool = False
+
+    def __str__(self) -> str:
+        if not self.destination:
+            return (
+                f"Nothing to send: no endpoint is configured, so {self.local} spans are "
+                "stored locally (see `%trace show`)."
+            )
+        text = f"Sent {self.sent} spans to {self.destination}; {self.failed} failed; {self.pending} still pending"
+        if self.timed_out and self.pending:
+            text += " (timed out; they stay in the store and keep being retried)"
+        return text + "."

@@ -1,0 +1,306 @@
+"""Settings: the ``TraceExt`` configurable, its environment fallbacks and validation.
+
+Every setting is a traitlets trait, so it works the way Jupyter users already
+configure things: ``%config TraceExt.endpoint = "..."`` in a notebook (takes
+effect at once) and ``c.TraceExt.endpoint = "..."`` in an IPython config file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import unquote, urlsplit
+
+from IPython.core.error import UsageError
+from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, default, validate
+from traitlets.config import Configurable
+
+__all__ = ["Destination", "SettingError", "TraceExt", "resolve_destination"]
+
+PROTOCOLS = ("http/protobuf", "http/json")
+COMPRESSIONS = ("gzip", "none")
+
+
+class SettingError(UsageError, TraitError):
+    """An invalid setting: a ``UsageError`` for IPython, a ``TraitError`` for traitlets."""
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _check_url(setting: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingError(
+            f"{setting} must be an http:// or https:// URL such as "
+            f"http://127.0.0.1:6006/v1/traces, not {url!r}."
+        )
+    return url
+
+
+class TraceExt(Configurable):
+    """Settings of the trace_ext IPython extension."""
+
+    endpoint = Unicode(
+        None,
+        allow_none=True,
+        help="""OTLP/HTTP traces URL that spans are delivered to, for example
+        http://127.0.0.1:6006/v1/traces (Phoenix) or
+        https://cloud.langfuse.com/api/public/otel/v1/traces (Langfuse).
+        None (the default) falls back to LANGFUSE_BASE_URL/LANGFUSE_HOST with
+        LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY, then to
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; when
+        none is set, spans are kept in the local store only.""",
+    ).tag(config=True)
+
+    headers = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="""Extra HTTP headers sent with every export request (for example an
+        Authorization header). Added on top of the headers that come with the
+        endpoint's environment variables. Values are never displayed or logged.""",
+    ).tag(config=True)
+
+    protocol = Unicode(
+        help="""OTLP encoding: 'http/protobuf' (default; accepted by every OTLP
+        backend) or 'http/json'. Falls back to OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+        or OTEL_EXPORTER_OTLP_PROTOCOL when those name one of the two.""",
+    ).tag(config=True)
+
+    compression = Unicode(
+        help="""Request body compression: 'gzip' (default) or 'none'. Falls back
+        to OTEL_EXPORTER_OTLP_TRACES_COMPRESSION or OTEL_EXPORTER_OTLP_COMPRESSION.""",
+    ).tag(config=True)
+
+    store_path = Unicode(
+        help="""Path of the local SQLite store that keeps every span from the
+        moment its cell ends until it is delivered (and afterwards, for
+        `%trace show`). Defaults to $TRACE_EXT_STORE_PATH, else
+        <jupyter data dir>/trace_ext/spans.sqlite3. Kernels that share a store
+        share its undelivered spans.""",
+    ).tag(config=True)
+
+    flush_after_cell = Bool(
+        True,
+        help="""Wake the sender after every cell so spans leave within
+        milliseconds. When False, spans are still saved after every cell and are
+        sent every 5 seconds instead. Either way the cell never waits for the
+        network.""",
+    ).tag(config=True)
+
+    shutdown_timeout = Float(
+        3.0,
+        help="""Seconds the kernel may spend delivering spans when it exits or
+        the extension is unloaded. Whatever is not delivered by then stays in the
+        store and is sent the next time the extension is loaded.""",
+    ).tag(config=True)
+
+    export_timeout = Float(
+        10.0,
+        help="Seconds one export request may take before it is retried.",
+    ).tag(config=True)
+
+    max_batch_spans = Int(
+        512,
+        help="Most spans sent in one export request (count).",
+    ).tag(config=True)
+
+    max_batch_bytes = Int(
+        4_000_000,
+        help="Most bytes of encoded spans sent in one export request, before compression.",
+    ).tag(config=True)
+
+    max_attribute_length = Int(
+        32_768,
+        help="""Longest attribute value kept, in characters (bytes for binary
+        values). Longer values, such as a huge cell output, are cut and end with
+        a '[truncated ...]' marker saying how much was removed.""",
+    ).tag(config=True)
+
+    session_id = Unicode(
+        None,
+        allow_none=True,
+        help="""session.id put on every traced cell. None (the default) uses one
+        id per kernel session, so a notebook run reads as one session in Langfuse.""",
+    ).tag(config=True)
+
+    user_id = Unicode(
+        None,
+        allow_none=True,
+        help="user.id put on every traced cell; None leaves it out.",
+    ).tag(config=True)
+
+    widget = Bool(
+        True,
+        help="""Show the live status widget when the extension loads. When False
+        (or where widgets can't render) `%trace status` prints a text status.""",
+    ).tag(config=True)
+
+    @default("store_path")
+    def _default_store_path(self) -> str:
+        configured = _env("TRACE_EXT_STORE_PATH")
+        if configured:
+            return os.path.expanduser(configured)
+        from jupyter_core.paths import jupyter_data_dir
+
+        return os.path.join(jupyter_data_dir(), "trace_ext", "spans.sqlite3")
+
+    @default("protocol")
+    def _default_protocol(self) -> str:
+        value = _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+        return value if value in PROTOCOLS else "http/protobuf"
+
+    @default("compression")
+    def _default_compression(self) -> str:
+        value = _env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+        return value if value in COMPRESSIONS else "gzip"
+
+    @validate("endpoint")
+    def _valid_endpoint(self, proposal):
+        value = proposal["value"]
+        if value is None or value == "":
+            return None
+        return _check_url("TraceExt.endpoint", value.strip())
+
+    @validate("protocol")
+    def _valid_protocol(self, proposal):
+        return _one_of("TraceExt.protocol", proposal["value"], PROTOCOLS)
+
+    @validate("compression")
+    def _valid_compression(self, proposal):
+        return _one_of("TraceExt.compression", proposal["value"], COMPRESSIONS)
+
+    @validate("store_path")
+    def _valid_store_path(self, proposal):
+        value = proposal["value"].strip()
+        if not value:
+            raise SettingError("TraceExt.store_path must be a file path, not an empty string.")
+        return os.path.expanduser(value)
+
+    @validate("shutdown_timeout")
+    def _valid_shutdown_timeout(self, proposal):
+        return _at_least("TraceExt.shutdown_timeout", proposal["value"], 0, "seconds")
+
+    @validate("export_timeout")
+    def _valid_export_timeout(self, proposal):
+        return _at_least("TraceExt.export_timeout", proposal["value"], 0.1, "seconds")
+
+    @validate("max_batch_spans")
+    def _valid_max_batch_spans(self, proposal):
+        return _at_least("TraceExt.max_batch_spans", proposal["value"], 1, "spans")
+
+    @validate("max_batch_bytes")
+    def _valid_max_batch_bytes(self, proposal):
+        return _at_least("TraceExt.max_batch_bytes", proposal["value"], 1024, "bytes")
+
+    @validate("max_attribute_length")
+    def _valid_max_attribute_length(self, proposal):
+        return _at_least("TraceExt.max_attribute_length", proposal["value"], 64, "characters")
+
+
+def _one_of(setting: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        choices = " or ".join(repr(a) for a in allowed)
+        raise SettingError(f"{setting} must be {choices}, not {value!r}.")
+    return value
+
+
+def _at_least(setting: str, value, minimum, unit: str):
+    if value < minimum:
+        raise SettingError(f"{setting} must be at least {minimum} {unit}, not {value}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where spans go. ``headers`` may hold secrets: they are never shown."""
+
+    url: str
+    source: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def host(self) -> str:
+        """Host and port only: safe to show (no credentials, path or query)."""
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.hostname}{port}"
+
+
+def _otel_headers(raw: str | None) -> dict[str, str]:
+    """Parse ``OTEL_EXPORTER_OTLP_HEADERS`` (W3C baggage format, values percent-encoded)."""
+    headers: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            headers[unquote(key.strip())] = unquote(value.strip())
+    return headers
+
+
+def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
+    """Work out where spans go, in the precedence the README documents.
+
+    Returns the destination (None: keep spans in the local store) and a
+    one-sentence warning when the environment is half configured.
+    """
+    extra = dict(settings.headers)
+    if settings.endpoint:
+        return Destination(settings.endpoint, "TraceExt.endpoint", extra), ""
+
+    base = _env("LANGFUSE_BASE_URL", "LANGFUSE_HOST")
+    public, secret = _env("LANGFUSE_PUBLIC_KEY"), _env("LANGFUSE_SECRET_KEY")
+    if base and public and secret:
+        source = "LANGFUSE_BASE_URL" if _env("LANGFUSE_BASE_URL") else "LANGFUSE_HOST"
+        url = _check_url(source, base.rstrip("/") + "/api/public/otel/v1/traces")
+        token = base64.b64encode(f"{public}:{secret}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}", "x-langfuse-ingestion-version": "4"}
+        return Destination(url, source, {**headers, **extra}), ""
+    warning = ""
+    if base or public or secret:
+        missing = [
+            name
+            for name, value in (
+                ("LANGFUSE_BASE_URL", base),
+                ("LANGFUSE_PUBLIC_KEY", public),
+                ("LANGFUSE_SECRET_KEY", secret),
+            )
+            if not value
+        ]
+        warning = f"Langfuse is not used because {' and '.join(missing)} is not set."
+
+    traces = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    generic = _env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if traces or generic:
+        # The specification: the signal-specific URL is used as is; the generic
+        # one is a base to which /v1/traces is appended.
+        source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if traces else "OTEL_EXPORTER_OTLP_ENDPOINT"
+        url = traces or generic.rstrip("/") + "/v1/traces"
+        headers = _otel_headers(_env("OTEL_EXPORTER_OTLP_HEADERS"))
+        headers.update(_otel_headers(_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")))
+        return Destination(_check_url(source, url), source, {**headers, **extra}), warning
+
+    return None, warning
+
+
+def environment_fingerprint() -> tuple[str | None, ...]:
+    """The environment variables that decide the destination (to notice changes)."""
+    return tuple(
+        os.environ.get(name)
+        for name in (
+            "LANGFUSE_BASE_URL",
+            "LANGFUSE_HOST",
+            "LANGFUSE_PUBLIC_KEY",
+            "LANGFUSE_SECRET_KEY",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        )
+    )
