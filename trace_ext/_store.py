@@ -259,14 +259,18 @@ class SpanStore:
         ).fetchone()
         return n
 
-    def recent_traces(self, limit: int) -> list[list[StoredSpan]]:
-        """The spans of the ``limit`` most recently recorded traces, oldest trace first."""
+    def recent_traces(self, limit: int, since: float = 0.0) -> list[list[StoredSpan]]:
+        """The spans of the ``limit`` most recently recorded traces, oldest trace first.
+
+        ``since`` (epoch seconds) leaves out traces recorded before it.
+        """
         conn = self._connect()
         trace_ids = [
             row[0]
             for row in conn.execute(
-                "SELECT trace_id FROM spans GROUP BY trace_id ORDER BY MAX(id) DESC LIMIT ?",
-                (limit,),
+                "SELECT trace_id FROM spans GROUP BY trace_id HAVING MAX(recorded_at) >= ?"
+                " ORDER BY MAX(id) DESC LIMIT ?",
+                (since, limit),
             )
         ]
         traces = []
