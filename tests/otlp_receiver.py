@@ -506,6 +506,9 @@ class OtlpReceiver:
         self._requests: list[Request] = []
         self._faults: deque[Fault] = deque()
         self._default: Fault | None = None
+        # A backend that judges content: called with each request's spans; a
+        # fault it returns wins over the script (e.g. 400 for one malformed span).
+        self.rule: Callable[[list[ReceivedSpan]], Fault | None] | None = None
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -732,7 +735,9 @@ class OtlpReceiver:
             answer = _text_answer(problem.status, problem.message)
         else:
             is_json = _media_type(content_type) == JSON
-            resolved = self._apply_fault(handler, self._next_fault(), is_json)
+            judged = self.rule(spans) if self.rule is not None else None
+            fault = judged if judged is not None else self._next_fault()
+            resolved = self._apply_fault(handler, fault, is_json)
             if resolved is None:
                 return  # Hang, Reset or a Delay cut short by stop(): no answer is sent
             answer = resolved

@@ -140,7 +140,8 @@ class Sender:
         config = self._config
         deadline = time.monotonic() + max(timeout, 0.0)
         if config is not None and self._thread is not None and self._thread.is_alive():
-            self._flush_now = True
+            # Wake the sender, but don't jump a backoff: a server that asked for
+            # time (Retry-After) gets it, whoever is waiting.
             self._wake.set()
             with self._progress:
                 while self._store.pending() and time.monotonic() < deadline:

@@ -1,0 +1,202 @@
+"""Section 3: %%trace in a real kernel — what the span records, and that the cell behaves as untraced."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from trace_ext._otlp import attributes_to_dict, decode_span
+from trace_ext._store import SpanStore
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def stored_traces(store_path, count=10):
+    store = SpanStore(str(store_path))
+    try:
+        return store.recent_traces(count)
+    finally:
+        store.close()
+
+
+def span_attributes(span) -> dict:
+    return attributes_to_dict(decode_span(span.payload).attributes)
+
+
+# -- the span -----------------------------------------------------------------
+
+
+def test_traced_cell_is_a_root_span_with_input_output_and_langfuse_attributes(loaded, store_path):
+    body = (
+        "from opentelemetry import trace\n"
+        "with trace.get_tracer('my.lib').start_as_current_span('child'):\n"
+        "    answer = 6 * 7\n"
+        "{'answer': answer}"
+    )
+    run = loaded.ok(
+        f"%%trace my-cell --session s-1 --user u-1 --tag a --tag b --metadata team=ml\n{body}"
+    )
+    assert run.result["data"]["text/plain"] == "{'answer': 42}"
+    [spans] = stored_traces(store_path, 1)
+    by_name = {s.name: s for s in spans}
+    root, child = by_name["my-cell"], by_name["child"]
+    assert root.parent_id is None
+    assert child.parent_id == root.span_id and child.trace_id == root.trace_id
+    assert root.start_ns <= child.start_ns <= child.end_ns <= root.end_ns
+    attributes = span_attributes(root)
+    assert attributes["langfuse.observation.input"] == body
+    assert attributes["langfuse.observation.output"] == "{'answer': 42}"
+    assert attributes["langfuse.trace.name"] == "my-cell"
+    assert attributes["session.id"] == "s-1"
+    assert attributes["user.id"] == "u-1"
+    assert attributes["langfuse.trace.tags"] == ["a", "b"]
+    assert attributes["langfuse.trace.metadata.team"] == "ml"
+    assert attributes["jupyter.execution_count"] == run.reply["execution_count"]
+
+
+def test_default_name_and_per_kernel_session_id(loaded, store_path):
+    first = loaded.ok("%%trace\n1")
+    loaded.ok("%%trace\n2")
+    traces = stored_traces(store_path)
+    names = [t[0].name for t in traces]
+    assert names == [f"In [{first.reply['execution_count']}]", f"In [{first.reply['execution_count'] + 1}]"]
+    sessions = {span_attributes(t[0])["session.id"] for t in traces}
+    assert len(sessions) == 1 and sessions.pop()  # one non-empty id for the kernel session
+    loaded.ok("%config TraceExt.session_id = 'mine'")
+    loaded.ok("%%trace\n3")
+    assert span_attributes(stored_traces(store_path, 1)[0][0])["session.id"] == "mine"
+
+
+def test_a_new_root_even_when_an_earlier_cell_left_a_span_current(loaded, store_path):
+    loaded.ok(
+        "from opentelemetry import trace, context\n"
+        "leak = trace.get_tracer('leaky').start_span('leaked')\n"
+        "_token = context.attach(trace.set_span_in_context(leak))"
+    )
+    loaded.ok("%%trace fresh\n'x'")
+    [spans] = stored_traces(store_path, 1)
+    [fresh] = [s for s in spans if s.name == "fresh"]
+    assert fresh.parent_id is None
+
+
+def test_an_exception_gives_error_status_type_message_and_traceback(loaded, store_path):
+    run = loaded.execute("%%trace doomed\ndef f():\n    raise ValueError('no good')\nf()")
+    assert run.status == "error" and run.reply["ename"] == "ValueError"
+    [[span]] = stored_traces(store_path, 1)
+    message = decode_span(span.payload)
+    assert message.status.code == 2 and "ValueError: no good" in message.status.message
+    [event] = [e for e in message.events if e.name == "exception"]
+    event_attributes = attributes_to_dict(event.attributes)
+    assert event_attributes["exception.type"] == "ValueError"
+    assert event_attributes["exception.message"] == "no good"
+    stack = event_attributes["exception.stacktrace"]
+    assert "raise ValueError('no good')" in stack and "in f" in stack
+    assert "trace_ext" not in stack and "interactiveshell" not in stack
+
+
+def test_huge_output_is_capped_with_a_marker(loaded, store_path):
+    loaded.ok("%config TraceExt.max_attribute_length = 1000")
+    run = loaded.ok("%%trace\n'x' * 50_000")
+    assert len(run.result["data"]["text/plain"]) > 50_000  # the cell shows all of it
+    output = span_attributes(stored_traces(store_path, 1)[0][0])["langfuse.observation.output"]
+    assert len(output) < 1200 and "truncated" in output
+
+
+def test_help_is_real_help(loaded):
+    run = loaded.ok("%%trace?")
+    page = run.reply["payload"][0]["data"]["text/plain"]
+    assert "--session" in page and "--metadata KEY=VALUE" in page and "%trace flush" in page
+
+
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ("%%trace --bogus", "unrecognized arguments: --bogus"),
+        ("%%trace --metadata novalue", "--metadata takes KEY=VALUE"),
+        ("%%trace 'unclosed", "No closing quotation"),
+    ],
+)
+def test_bad_arguments_raise_a_one_sentence_usage_error(loaded, store_path, line, says):
+    run = loaded.execute(f"{line}\nprint('body must not run')")
+    assert run.status == "error" and run.reply["ename"] == "UsageError"
+    assert says in run.reply["evalue"] and "\n" not in run.reply["evalue"].strip()
+    assert "body must not run" not in run.stdout
+    assert stored_traces(store_path) == []
+
+
+def test_bad_line_commands_raise_usage_errors(loaded):
+    for line in ("%trace nonsense", "%trace show zero", "%trace flush --timeout -1"):
+        run = loaded.execute(line)
+        assert run.status == "error" and run.reply["ename"] == "UsageError", line
+
+
+# -- a traced cell behaves exactly like the untraced cell ------------------------
+
+SETUP = (
+    "_calls = {'pre': 0, 'post': 0}\n"
+    "def _pre(info):\n    _calls['pre'] += 1\n"
+    "def _post(result):\n    _calls['post'] += 1\n"
+    "get_ipython().events.register('pre_run_cell', _pre)\n"
+    "get_ipython().events.register('post_run_cell', _post)\n"
+)
+
+CELLS = [
+    "x = 6 * 7\nx",
+    "print('to stdout')\nimport sys; print('to stderr', file=sys.stderr)\n"
+    "from IPython.display import display, Markdown\ndisplay(Markdown('**shown**'))",
+    "def inner():\n    return 1 / 0\ndef outer():\n    return inner()\nouter()",
+    "import asyncio\nawait asyncio.sleep(0.01)\n'awaited'",
+    "%env TRACE_EXT_DEMO=1\n%precision 3\nimport math\nmath.pi",
+    "6 * 7;",
+    "def broken(:\n    pass",
+    "raise KeyboardInterrupt",
+    "_calls",
+]
+
+
+def _traceback_text(lines: list[str]) -> list[str]:
+    """A traceback without colours, line numbers and blank lines (the %%trace line is one)."""
+    out = []
+    for line in ANSI.sub("", "\n".join(lines)).splitlines():
+        line = re.sub(r"line \d+", "line N", line)
+        line = re.sub(r"^(\s*-*>?\s*)\d+ ", r"\1", line).rstrip()
+        if line.strip():
+            out.append(line)
+    return out
+
+
+def _observable(run) -> dict:
+    """Everything a notebook user can see of a cell's execution."""
+    error = run.errors[0] if run.errors else None
+    return {
+        "status": run.reply["status"],
+        "execution_count": run.reply["execution_count"],
+        "ename": run.reply.get("ename"),
+        # A SyntaxError names the cell's file (a hash of its text) and the line in
+        # the cell as written, which has one more line when it starts with %%trace.
+        "evalue": re.sub(r"\(\d+\.py, line \d+\)", "(<cell>, line N)", run.reply.get("evalue") or ""),
+        "result": run.result and (run.result["execution_count"], run.result["data"]),
+        "stdout": run.stdout,
+        "stderr": run.stderr,
+        "displays": [d["data"] for d in run.displays],
+        "traceback": error and _traceback_text(error["traceback"]),
+    }
+
+
+def test_traced_cells_behave_exactly_like_untraced_cells(start_kernel, store_path, tmp_path):
+    plain = start_kernel(store=tmp_path / "unused.sqlite3")
+    traced = start_kernel()
+    plain.ok("pass")  # keeps In[n] aligned with the %load_ext cell below
+    traced.ok("%load_ext trace_ext")
+    plain.ok(SETUP)
+    traced.ok(SETUP)
+    for body in CELLS:
+        expected = _observable(plain.execute(body))
+        actual = _observable(traced.execute(f"%%trace\n{body}"))
+        assert actual == expected, body
+        assert "trace_ext" not in str(actual["traceback"])
+    # Every traced cell became exactly one span, and the user's hooks fired once per cell.
+    traces = stored_traces(store_path, 50)
+    assert len(traces) == len(CELLS)
+    assert traced.value("_calls") == plain.value("_calls") == {"pre": len(CELLS) + 1, "post": len(CELLS) + 1}
