@@ -187,6 +187,21 @@ class Kernel:
                     states[c["comm_id"]].update(data.get("state", {}))
         return states
 
+    def label_history(self) -> list[str]:
+        """Every value the trace_ext status labels took, in the order the frontend saw them."""
+        labels: set[str] = set()
+        history = []
+        for m in self.messages:
+            c = m["content"]
+            state = c.get("data", {}).get("state", {})
+            if m["msg_type"] == "comm_open" and state.get("_model_name") == "HTMLModel":
+                if "trace_ext" in state.get("value", ""):
+                    labels.add(c["comm_id"])
+                    history.append(state["value"])
+            elif m["msg_type"] == "comm_msg" and c.get("comm_id") in labels and "value" in state:
+                history.append(state["value"])
+        return history
+
     def status_labels(self) -> list[str]:
         """The values of trace_ext status labels (HTML widgets that start with 'trace_ext')."""
         return [

@@ -104,6 +104,7 @@ class Sender:
         self._attempt = 0
         self._retry_at = 0.0  # epoch seconds; no request before it
         self._deadline: float | None = None  # monotonic; set while shutting down
+        self._in_flight: list[int] = []  # store ids of the request being sent
         self.periodic = False  # True: send every POLL_INTERVAL rather than when woken
 
     # -- control, from the cell's thread ------------------------------------
@@ -168,6 +169,13 @@ class Sender:
             # A request in flight is bounded by the deadline too (see _post), so
             # this join is short; if it isn't, the daemon thread dies with the process.
             thread.join(max(self._deadline - time.monotonic(), 0.0) + 0.5)
+            in_flight = list(self._in_flight)
+            if thread.is_alive() and in_flight:
+                # We stop waiting for that request, so give its spans back now
+                # rather than when the lease runs out: the next kernel sends them
+                # at once. (If the server did take them, that's a re-send, which
+                # at-least-once delivery allows.)
+                self._store.release(in_flight)
         self._status.state = "stopped"
         return report
 
@@ -296,6 +304,7 @@ class Sender:
             timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
         self._set_state("sending")
         ids = [span.id for span in batch]
+        self._in_flight = ids
         try:
             response = self._client_for_config(config).post(
                 config.destination.url, content=body, headers=headers, timeout=timeout
@@ -304,6 +313,8 @@ class Sender:
             return _Retry(None, f"{host} did not answer within {timeout:g} s; retrying.")
         except httpx.HTTPError as exc:
             return _Retry(None, f"Could not reach {host} ({_short(exc)}); retrying.")
+        finally:
+            self._in_flight = []
         code = response.status_code
         if 200 <= code < 300:
             rejected, message = parse_response(response.headers.get("content-type", ""), response.content)
