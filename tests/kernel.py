@@ -195,10 +195,10 @@ class Kernel:
             c = m["content"]
             state = c.get("data", {}).get("state", {})
             if m["msg_type"] == "comm_open" and state.get("_model_name") == "HTMLModel":
-                if "trace_ext" in state.get("value", ""):
-                    labels.add(c["comm_id"])
-                    history.append(state["value"])
-            elif m["msg_type"] == "comm_msg" and c.get("comm_id") in labels and "value" in state:
+                labels.add(c["comm_id"])
+            elif not (m["msg_type"] == "comm_msg" and c.get("comm_id") in labels):
+                continue
+            if "trace_ext" in state.get("value", ""):
                 history.append(state["value"])
         return history
 

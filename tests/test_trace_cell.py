@@ -200,3 +200,27 @@ def test_traced_cells_behave_exactly_like_untraced_cells(start_kernel, store_pat
     traces = stored_traces(store_path, 50)
     assert len(traces) == len(CELLS)
     assert traced.value("_calls") == plain.value("_calls") == {"pre": len(CELLS) + 1, "post": len(CELLS) + 1}
+
+
+def test_trace_show_renders_the_last_traces_as_a_tree(loaded):
+    loaded.ok(
+        "%%trace parent-cell\n"
+        "from opentelemetry import trace\n"
+        "with trace.get_tracer('t').start_as_current_span('child-step'):\n"
+        "    pass\n"
+        "'the output'"
+    )
+    loaded.execute("%%trace failing\nraise RuntimeError('kaput')")
+    [shown] = loaded.ok("%trace show 2").displays
+    text = shown["data"]["text/plain"]
+    lines = text.splitlines()
+    parent = next(line for line in lines if "parent-cell" in line)
+    child = next(line for line in lines if "child-step" in line)
+    assert len(child) - len(child.lstrip()) > len(parent) - len(parent.lstrip())  # nested deeper
+    assert " ms" in parent and "[local]" in parent
+    assert "out: 'the output'" in text and "in: from opentelemetry import trace" in text
+    assert any("failing" in line and "ERROR" in line for line in lines)
+    assert "RuntimeError: kaput" in text
+    assert "<details" in shown["data"]["text/html"] and "child-step" in shown["data"]["text/html"]
+    # Only the last N traces.
+    assert "parent-cell" not in loaded.ok("%trace show 1").displays[0]["data"]["text/plain"]

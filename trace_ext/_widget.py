@@ -106,7 +106,7 @@ class StatusDisplay:
         self._bar = widgets.IntProgress(
             value=0, min=0, max=1, description="", layout=widgets.Layout(width="120px")
         )
-        self._label = widgets.HTML(value="")
+        self._label = widgets.HTML(value=status_html(self._status))
         self._box = widgets.HBox([self._bar, self._label])
         self._refresh()
         self._throttle = _Throttle(self._refresh, UPDATE_INTERVAL)
