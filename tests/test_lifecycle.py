@@ -147,3 +147,26 @@ def test_a_failing_hook_shows_in_the_widget_not_in_the_cell(loaded):
     status = loaded.ok("%trace status")
     assert "simulated hook failure" in status.displays[-1]["data"]["text/plain"]
     assert any("simulated hook failure" in label for label in loaded.status_labels())
+
+
+def test_an_existing_tracer_provider_is_reused_not_replaced(kernel, store_path):
+    kernel.ok(
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "mine = TracerProvider()\n"
+        "exported = InMemorySpanExporter()\n"
+        "mine.add_span_processor(SimpleSpanProcessor(exported))\n"
+        "trace.set_tracer_provider(mine)"
+    )
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok("%%trace shared\n1")
+    assert kernel.value("trace.get_tracer_provider() is mine") is True
+    # The user's own exporter still sees the cell's span, and so does the store.
+    assert kernel.value("[s.name for s in exported.get_finished_spans()]") == ["shared"]
+    from trace_ext._store import SpanStore
+
+    store = SpanStore(str(store_path))
+    assert [s.name for [s] in store.recent_traces(5)] == ["shared"]
+    store.close()

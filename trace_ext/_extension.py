@@ -22,7 +22,8 @@ from . import __version__
 from ._cells import CellTracer, strip_trace_line
 from ._magics import TraceMagics, wrap_config_magic
 from ._processor import attach_processor
-from ._sender import Sender, SenderConfig
+from ._export import SenderConfig
+from ._sender import Sender
 from ._status import DeliveryReport, DeliveryStatus
 from ._store import LOCAL, PENDING, SpanStore
 from ._view import TraceView

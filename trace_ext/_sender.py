@@ -9,80 +9,25 @@ has a timeout, and nothing here ever runs on the cell's thread except
 
 from __future__ import annotations
 
-import email.utils
-import gzip
 import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import httpx
 
-from ._otlp import build_request, parse_response, to_json
+from ._export import SPLIT, Failed, Retry, Sent, SenderConfig, encode_body, export
 from ._status import DeliveryReport, DeliveryStatus
 from ._store import Claimed, SpanStore
-from .config import Destination
 
-__all__ = ["Sender", "SenderConfig"]
+__all__ = ["Sender"]
 
 log = logging.getLogger("trace_ext")
 
 BACKOFF_BASE = 1.0  # seconds before the first retry
 BACKOFF_CAP = 30.0  # seconds: retries never space out further than this
-RETRY_AFTER_CAP = 3600.0  # seconds: a larger Retry-After is taken as this
 POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
-
-
-@dataclass(frozen=True)
-class SenderConfig:
-    destination: Destination
-    protocol: str = "http/protobuf"
-    compression: str = "gzip"
-    export_timeout: float = 10.0
-    max_batch_spans: int = 512
-    max_batch_bytes: int = 4_000_000
-
-
-@dataclass(frozen=True)
-class _Retry:
-    delay: float | None  # the server's Retry-After, if it gave one
-    reason: str
-    auth: bool = False
-
-
-_SPLIT = object()  # outcome: the batch is too large or holds a bad span; halve it
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
-
-
-def _server_message(response: httpx.Response) -> str:
-    """The server's own words about a refusal, short and printable."""
-    text = ""
-    try:
-        if "json" in response.headers.get("content-type", ""):
-            body = response.json()
-            if isinstance(body, dict):
-                text = str(body.get("message") or body.get("error") or body.get("detail") or body)
-        else:
-            text = response.content.decode("utf-8", "replace")
-    except Exception:
-        text = ""
-    text = " ".join("".join(ch for ch in text if ch.isprintable() or ch.isspace()).split())
-    return text[:300]
 
 
 class Sender:
@@ -238,7 +183,7 @@ class Sender:
             if self._stopping and self._deadline is None:
                 return
 
-    def _schedule_retry(self, retry: _Retry) -> None:
+    def _schedule_retry(self, retry: Retry) -> None:
         backoff = min(BACKOFF_CAP, BACKOFF_BASE * 2**self._attempt) * random.uniform(0.5, 1.0)
         self._attempt += 1
         delay = retry.delay if retry.delay is not None else backoff
@@ -253,16 +198,16 @@ class Sender:
             self._status.state = state
             self._status.pending = self._store.pending()
 
-    def _deliver(self, config: SenderConfig, batch: list[Claimed]) -> _Retry | None:
+    def _deliver(self, config: SenderConfig, batch: list[Claimed]) -> Retry | None:
         """Send a batch, halving it on 413/400 to isolate what the server refuses."""
         parts = [batch]
         while parts:
             part = parts.pop()
             outcome = self._post(config, part)
-            if outcome is _SPLIT:
+            if outcome is SPLIT:
                 middle = len(part) // 2
                 parts += [part[middle:], part[:middle]]
-            elif isinstance(outcome, _Retry):
+            elif isinstance(outcome, Retry):
                 waiting = [span.id for p in parts + [part] for span in p]
                 self._store.release(waiting, time.time() + (outcome.delay or 0.0))
                 return outcome
@@ -280,25 +225,13 @@ class Sender:
         if client is not None:
             client.close()
 
-    def _body(self, config: SenderConfig, batch: list[Claimed]) -> tuple[bytes, dict[str, str]]:
+    def _post(self, config: SenderConfig, batch: list[Claimed]) -> Retry | str | None:
+        """One request. Marks the batch's spans, or returns SPLIT or a Retry."""
         origins = self._store.origins(span.origin for span in batch)
         groups: dict[int, list[bytes]] = {}
         for span in batch:
             groups.setdefault(span.origin, []).append(span.payload)
-        body = build_request((*origins[o], payloads) for o, payloads in groups.items())
-        headers = dict(config.destination.headers)
-        if config.protocol == "http/json":
-            body, headers["Content-Type"] = to_json(body), "application/json"
-        else:
-            headers["Content-Type"] = "application/x-protobuf"
-        if config.compression == "gzip":
-            body, headers["Content-Encoding"] = gzip.compress(body, compresslevel=5), "gzip"
-        return body, headers
-
-    def _post(self, config: SenderConfig, batch: list[Claimed]):
-        """One request. Marks the batch's spans, or returns _SPLIT or a _Retry."""
-        host = config.destination.host
-        body, headers = self._body(config, batch)
+        body, headers = encode_body(config, ((*origins[o], p) for o, p in groups.items()))
         timeout = config.export_timeout
         if self._deadline is not None:
             timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
@@ -306,54 +239,28 @@ class Sender:
         ids = [span.id for span in batch]
         self._in_flight = ids
         try:
-            response = self._client_for_config(config).post(
-                config.destination.url, content=body, headers=headers, timeout=timeout
-            )
-        except httpx.TimeoutException:
-            return _Retry(None, f"{host} did not answer within {timeout:g} s; retrying.")
-        except httpx.HTTPError as exc:
-            return _Retry(None, f"Could not reach {host} ({_short(exc)}); retrying.")
+            outcome = export(self._client_for_config(config), config, body, headers, len(ids), timeout)
         finally:
             self._in_flight = []
-        code = response.status_code
-        if 200 <= code < 300:
-            rejected, message = parse_response(response.headers.get("content-type", ""), response.content)
-            rejected = min(rejected, len(ids))
-            note = f"{host} rejected {rejected} of {len(ids)} spans in this request: {message}" if rejected else None
+        if isinstance(outcome, Sent):
+            host = config.destination.host
+            note = None
+            if outcome.rejected:
+                note = f"{host} rejected {outcome.rejected} of {len(ids)} spans in this request: {outcome.message}"
             self._store.mark_sent(ids, note)
             with self._status.lock, self._status.hold_trait_notifications():
-                self._status.add(sent=len(ids) - rejected, failed=rejected)
+                self._status.add(sent=len(ids) - outcome.rejected, failed=outcome.rejected)
                 self._status.last_delivery = time.time()
                 if note:
                     self._status.last_error = note + "."
             return None
-        message = _server_message(response)
-        said = f": {message}" if message else ""
-        if code in (400, 413) and len(batch) > 1:
-            return _SPLIT
-        if code in (401, 403):
-            return _Retry(
-                None,
-                f"{host} rejected the credentials (HTTP {code}){said}. Spans are kept; fix the "
-                "keys (LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY or %config TraceExt.headers) "
-                "and delivery resumes.",
-                auth=True,
-            )
-        if code in (408, 429) or code >= 500:
-            return _Retry(_retry_after(response), f"{host} answered HTTP {code}{said}; retrying.")
-        reason = f"{host} refused the span (HTTP {code}){said}."
-        if code == 404:
-            reason += " Check TraceExt.endpoint: it should end in /v1/traces."
-        self._store.mark_failed(ids, reason)
-        with self._status.lock, self._status.hold_trait_notifications():
-            self._status.add(failed=len(ids))
-            self._status.last_error = reason
-        return None
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+        if isinstance(outcome, Failed):
+            self._store.mark_failed(ids, outcome.reason)
+            with self._status.lock, self._status.hold_trait_notifications():
+                self._status.add(failed=len(ids))
+                self._status.last_error = outcome.reason
+            return None
+        return outcome
 
 
 def _user_agent() -> str:

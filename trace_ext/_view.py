@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 from typing import Iterator
 
-from ._capture import truncate
 from ._otlp import attributes_to_dict, decode_span
 from ._store import StoredSpan
 
@@ -25,7 +24,8 @@ def _first(attributes: dict, keys: tuple[str, ...]) -> str | None:
 
 
 def _one_line(text: str) -> str:
-    return truncate(" ".join(text.split()), PREVIEW)
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
 
 
 def _walk(spans: list[StoredSpan]) -> Iterator[tuple[int, StoredSpan]]:
