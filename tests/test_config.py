@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from trace_ext.config import SettingError, TraceExt, resolve_destination
+from trace_ext._destination import resolve_destination
+from trace_ext.config import SettingError, TraceExt
 
 LANGFUSE = {
     "LANGFUSE_BASE_URL": "https://lf.example",
@@ -68,7 +69,7 @@ def test_otel_protocol_and_compression_fall_back_to_the_environment(monkeypatch)
 
 
 def test_destination_shows_host_only():
-    from trace_ext.config import Destination
+    from trace_ext._destination import Destination
 
     destination = Destination("https://user:pw@lf.example:8443/api?key=s", "x", {"Authorization": "secret"})
     assert destination.host == "lf.example:8443"

@@ -13,7 +13,7 @@ from trace_ext._export import SenderConfig
 from trace_ext._sender import Sender
 from trace_ext._status import DeliveryStatus
 from trace_ext._store import PENDING, SpanStore
-from trace_ext.config import Destination
+from trace_ext._destination import Destination
 
 from .otlp_receiver import Delay, PartialSuccess, Respond
 

@@ -15,7 +15,7 @@ from typing import Iterable, Union
 import httpx
 
 from ._otlp import build_request, parse_response, to_json
-from .config import Destination
+from ._destination import Destination
 
 __all__ = ["Failed", "Retry", "SPLIT", "Sent", "SenderConfig", "encode_body", "export"]
 

@@ -16,7 +16,6 @@ import uuid
 
 from IPython.display import display
 from opentelemetry.sdk.resources import Resource
-from traitlets import TraitError
 
 from . import __version__
 from ._cells import CellTracer, strip_trace_line
@@ -28,7 +27,8 @@ from ._status import DeliveryReport, DeliveryStatus
 from ._store import LOCAL, PENDING, SpanStore
 from ._view import TraceView
 from ._widget import StatusDisplay
-from .config import SettingError, TraceExt, environment_fingerprint, resolve_destination
+from ._destination import environment_fingerprint, resolve_destination
+from .config import SettingError, settings_from
 
 __all__ = ["Extension", "active", "load", "unload"]
 
@@ -36,10 +36,8 @@ log = logging.getLogger("trace_ext")
 _ACTIVE: dict[int, "Extension"] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
 
-_SENDER_SETTINGS = (
-    "endpoint", "headers", "protocol", "compression", "export_timeout",
-    "max_batch_spans", "max_batch_bytes",
-)
+_SENDER_SETTINGS = {"endpoint", "headers", "protocol", "compression", "export_timeout",
+                    "max_batch_spans", "max_batch_bytes"}
 
 
 def _log_to_process_stderr() -> None:
@@ -54,18 +52,6 @@ def _log_to_process_stderr() -> None:
         log.propagate = False
 
 
-def _settings_for(shell) -> tuple[TraceExt, list[str]]:
-    """TraceExt from the shell's config; an invalid value is reported and skipped."""
-    settings, problems = TraceExt(), []
-    section = shell.config.get("TraceExt", {}) if shell is not None else {}
-    for name, value in section.items():
-        try:
-            setattr(settings, name, value)
-        except TraitError as exc:
-            problems.append(f"c.TraceExt.{name} in your IPython config is ignored: {exc}")
-    return settings, problems
-
-
 def _resource() -> Resource:
     env = os.environ
     named = "OTEL_SERVICE_NAME" in env or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
@@ -77,7 +63,7 @@ class Extension:
 
     def __init__(self, shell) -> None:
         self.shell = shell
-        self.settings, problems = _settings_for(shell)
+        self.settings, problems = settings_from(shell.config.get("TraceExt", {}))
         self.status = DeliveryStatus()
         if problems:
             self.status.last_error = problems[-1]
@@ -136,9 +122,7 @@ class Extension:
         self.processor.deactivate()
         self.sender.shutdown(s.shutdown_timeout)
         self.store.close()
-        for view in self._displays:
-            view.close()
-        self._displays.clear()
+        self._close_displays()
 
     def _at_exit(self) -> None:
         try:
@@ -239,9 +223,7 @@ class Extension:
             if change["new"]:
                 display(self.status_display())
             else:
-                for view in self._displays:
-                    view.close()
-                self._displays.clear()
+                self._close_displays()
 
     def _switch_store(self, path: str) -> None:
         self.commit()
@@ -264,6 +246,11 @@ class Extension:
         view = StatusDisplay(self.status, use_widget=self.settings.widget and in_kernel)
         self._displays.append(view)
         return view
+
+    def _close_displays(self) -> None:
+        for view in self._displays:
+            view.close()
+        self._displays.clear()
 
     def flush(self, timeout: float) -> DeliveryReport:
         self.commit()

@@ -26,7 +26,10 @@ def _when(epoch: float | None) -> str:
 
 def _headline(s: DeliveryStatus) -> str:
     if s.state == "local" or not s.destination:
-        return f"{s.local} spans stored locally (no endpoint configured)"
+        text = f"{s.local} spans stored locally (no endpoint configured)"
+        if s.pending:  # left by a kernel that had an endpoint: sent once one is set
+            text += f" · {s.pending} waiting for an endpoint"
+        return text
     counts = f"{s.pending} pending · {s.sent} sent · {s.failed} failed"
     return f"{counts} → {s.destination} · last delivery {_when(s.last_delivery)}"
 

@@ -7,17 +7,15 @@ effect at once) and ``c.TraceExt.endpoint = "..."`` in an IPython config file.
 
 from __future__ import annotations
 
-import base64
 import os
-from dataclasses import dataclass, field
 from typing import Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from IPython.core.error import UsageError
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
-__all__ = ["Destination", "SettingError", "TraceExt", "resolve_destination"]
+__all__ = ["SettingError", "TraceExt", "settings_from"]
 
 PROTOCOLS = ("http/protobuf", "http/json")
 COMPRESSIONS = ("gzip", "none")
@@ -27,7 +25,7 @@ class SettingError(UsageError, TraitError):
     """An invalid setting: a ``UsageError`` for IPython, a ``TraitError`` for traitlets."""
 
 
-def _env(*names: str) -> str | None:
+def env(*names: str) -> str | None:
     for name in names:
         value = os.environ.get(name, "").strip()
         if value:
@@ -35,7 +33,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-def _check_url(setting: str, url: str) -> str:
+def check_url(setting: str, url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingError(
@@ -145,7 +143,7 @@ class TraceExt(Configurable):
 
     @default("store_path")
     def _default_store_path(self) -> str:
-        configured = _env("TRACE_EXT_STORE_PATH")
+        configured = env("TRACE_EXT_STORE_PATH")
         if configured:
             return os.path.expanduser(configured)
         from jupyter_core.paths import jupyter_data_dir
@@ -154,12 +152,12 @@ class TraceExt(Configurable):
 
     @default("protocol")
     def _default_protocol(self) -> str:
-        value = _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+        value = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
         return value if value in PROTOCOLS else "http/protobuf"
 
     @default("compression")
     def _default_compression(self) -> str:
-        value = _env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+        value = env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
         return value if value in COMPRESSIONS else "gzip"
 
     @validate("endpoint")
@@ -167,7 +165,7 @@ class TraceExt(Configurable):
         value = proposal["value"]
         if value is None or value == "":
             return None
-        return _check_url("TraceExt.endpoint", value.strip())
+        return check_url("TraceExt.endpoint", value.strip())
 
     @validate("protocol")
     def _valid_protocol(self, proposal):
@@ -205,6 +203,17 @@ class TraceExt(Configurable):
         return _at_least("TraceExt.max_attribute_length", proposal["value"], 64, "characters")
 
 
+def settings_from(section: Mapping) -> tuple[TraceExt, list[str]]:
+    """TraceExt from a config section (``c.TraceExt``); invalid values are skipped and reported."""
+    settings, problems = TraceExt(), []
+    for name, value in section.items():
+        try:
+            setattr(settings, name, value)
+        except TraitError as exc:
+            problems.append(f"c.TraceExt.{name} in your IPython config is ignored: {exc}")
+    return settings, problems
+
+
 def _one_of(setting: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         choices = " or ".join(repr(a) for a in allowed)
@@ -216,91 +225,3 @@ def _at_least(setting: str, value, minimum, unit: str):
     if value < minimum:
         raise SettingError(f"{setting} must be at least {minimum} {unit}, not {value}.")
     return value
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where spans go. ``headers`` may hold secrets: they are never shown."""
-
-    url: str
-    source: str
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def host(self) -> str:
-        """Host and port only: safe to show (no credentials, path or query)."""
-        parts = urlsplit(self.url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.hostname}{port}"
-
-
-def _otel_headers(raw: str | None) -> dict[str, str]:
-    """Parse ``OTEL_EXPORTER_OTLP_HEADERS`` (W3C baggage format, values percent-encoded)."""
-    headers: dict[str, str] = {}
-    for item in (raw or "").split(","):
-        key, sep, value = item.partition("=")
-        if sep and key.strip():
-            headers[unquote(key.strip())] = unquote(value.strip())
-    return headers
-
-
-def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
-    """Work out where spans go, in the precedence the README documents.
-
-    Returns the destination (None: keep spans in the local store) and a
-    one-sentence warning when the environment is half configured.
-    """
-    extra = dict(settings.headers)
-    if settings.endpoint:
-        return Destination(settings.endpoint, "TraceExt.endpoint", extra), ""
-
-    base = _env("LANGFUSE_BASE_URL", "LANGFUSE_HOST")
-    public, secret = _env("LANGFUSE_PUBLIC_KEY"), _env("LANGFUSE_SECRET_KEY")
-    if base and public and secret:
-        source = "LANGFUSE_BASE_URL" if _env("LANGFUSE_BASE_URL") else "LANGFUSE_HOST"
-        url = _check_url(source, base.rstrip("/") + "/api/public/otel/v1/traces")
-        token = base64.b64encode(f"{public}:{secret}".encode()).decode()
-        headers = {"Authorization": f"Basic {token}", "x-langfuse-ingestion-version": "4"}
-        return Destination(url, source, {**headers, **extra}), ""
-    warning = ""
-    if base or public or secret:
-        missing = [
-            name
-            for name, value in (
-                ("LANGFUSE_BASE_URL", base),
-                ("LANGFUSE_PUBLIC_KEY", public),
-                ("LANGFUSE_SECRET_KEY", secret),
-            )
-            if not value
-        ]
-        warning = f"Langfuse is not used because {' and '.join(missing)} is not set."
-
-    traces = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    generic = _env("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if traces or generic:
-        # The specification: the signal-specific URL is used as is; the generic
-        # one is a base to which /v1/traces is appended.
-        source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if traces else "OTEL_EXPORTER_OTLP_ENDPOINT"
-        url = traces or generic.rstrip("/") + "/v1/traces"
-        headers = _otel_headers(_env("OTEL_EXPORTER_OTLP_HEADERS"))
-        headers.update(_otel_headers(_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")))
-        return Destination(_check_url(source, url), source, {**headers, **extra}), warning
-
-    return None, warning
-
-
-def environment_fingerprint() -> tuple[str | None, ...]:
-    """The environment variables that decide the destination (to notice changes)."""
-    return tuple(
-        os.environ.get(name)
-        for name in (
-            "LANGFUSE_BASE_URL",
-            "LANGFUSE_HOST",
-            "LANGFUSE_PUBLIC_KEY",
-            "LANGFUSE_SECRET_KEY",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        )
-    )
