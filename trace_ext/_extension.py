@@ -14,8 +14,8 @@ import sys
 import time
 import uuid
 
+from IPython.core.error import UsageError
 from IPython.display import display
-from opentelemetry.sdk.resources import Resource
 
 from . import __version__
 from ._cells import CellTracer, strip_trace_line
@@ -24,7 +24,7 @@ from ._processor import attach_processor
 from ._export import SenderConfig
 from ._sender import Sender
 from ._status import DeliveryReport, DeliveryStatus
-from ._store import LOCAL, PENDING, SpanStore
+from ._store import LOCAL, PENDING, open_store
 from ._view import TraceView
 from ._widget import StatusDisplay
 from ._destination import environment_fingerprint, resolve_destination
@@ -52,12 +52,6 @@ def _log_to_process_stderr() -> None:
         log.propagate = False
 
 
-def _resource() -> Resource:
-    env = os.environ
-    named = "OTEL_SERVICE_NAME" in env or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    return Resource.create({} if named else {"service.name": "jupyter-notebook"})
-
-
 class Extension:
     """trace_ext loaded into one shell."""
 
@@ -78,11 +72,11 @@ class Extension:
     def load(self) -> None:
         _log_to_process_stderr()
         shell, s = self.shell, self.settings
-        self.store = SpanStore(s.store_path)
+        self.store = open_store(s.store_path)
         self.status.store_path = s.store_path
         counts = self.store.counts()
         self.status.local, self.status.pending = counts.local, counts.pending
-        self.processor, self._provider, warning = attach_processor(_resource)
+        self.processor, self._provider, warning = attach_processor()
         if warning:
             self.status.last_error = warning
         self.sender = Sender(self.store, self.status, self.commit)
@@ -218,18 +212,25 @@ class Extension:
         elif name == "flush_after_cell":
             self.sender.periodic = not change["new"]
         elif name == "store_path":
-            self._switch_store(change["new"])
+            self._switch_store(change)
         elif name == "widget":
             if change["new"]:
                 display(self.status_display())
             else:
                 self._close_displays()
 
-    def _switch_store(self, path: str) -> None:
+    def _switch_store(self, change) -> None:
+        try:
+            store = open_store(change["new"])
+        except UsageError:
+            # Put the old path back (quietly: the observer must not run again).
+            with self.settings.hold_trait_notifications():
+                self.settings.set_trait("store_path", change["old"])
+            raise
         self.commit()
         self.sender.shutdown(min(self.settings.shutdown_timeout, 1.0))
         self.store.close()
-        self.store = SpanStore(path)
+        self.store, path = store, change["new"]
         counts = self.store.counts()
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.store_path = path

@@ -8,6 +8,7 @@ post-cell hook moves the buffer into the store.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Callable
 
@@ -104,8 +105,14 @@ class BufferingSpanProcessor(SpanProcessor):
             callback()
 
 
+def default_resource() -> Resource:
+    env = os.environ
+    named = "OTEL_SERVICE_NAME" in env or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    return Resource.create({} if named else {"service.name": "jupyter-notebook"})
+
+
 def attach_processor(
-    make_resource: Callable[[], Resource],
+    make_resource: Callable[[], Resource] = default_resource,
 ) -> tuple[BufferingSpanProcessor, TracerProvider, str]:
     """Find or add trace_ext's processor on the global tracer provider.
 

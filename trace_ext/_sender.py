@@ -28,6 +28,7 @@ log = logging.getLogger("trace_ext")
 BACKOFF_BASE = 1.0  # seconds before the first retry
 BACKOFF_CAP = 30.0  # seconds: retries never space out further than this
 POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
+CHECKPOINT_INTERVAL = 2.0  # seconds between write-ahead-log checkpoints
 
 
 class Sender:
@@ -50,6 +51,7 @@ class Sender:
         self._retry_at = 0.0  # epoch seconds; no request before it
         self._deadline: float | None = None  # monotonic; set while shutting down
         self._in_flight: list[int] = []  # store ids of the request being sent
+        self._checkpointed = 0.0  # monotonic time of the last checkpoint
         self.periodic = False  # True: send every POLL_INTERVAL rather than when woken
 
     # -- control, from the cell's thread ------------------------------------
@@ -129,9 +131,7 @@ class Sender:
 
     # -- the thread -----------------------------------------------------------
 
-    def _wait_time(self) -> float | None:
-        if self._config is None:
-            return None  # nothing to do until configured
+    def _wait_time(self) -> float:
         until_retry = self._retry_at - time.time()
         if until_retry > 0:
             return min(until_retry, POLL_INTERVAL)
@@ -156,6 +156,10 @@ class Sender:
             self._spill()
         if self._stopping:
             return
+        if time.monotonic() - self._checkpointed > CHECKPOINT_INTERVAL:
+            # Here rather than in a cell's COMMIT: the store has automatic checkpoints off.
+            self._checkpointed = time.monotonic()
+            self._store.checkpoint()
         config = self._config
         if config is None:
             return
