@@ -161,3 +161,56 @@ def test_embedded_default_keeps_spans_local(loaded, store_path):
     counts = store_counts(store_path)
     assert (counts.local, counts.pending, counts.sent) == (1, 0, 0)
     assert "stored locally" in loaded.ok("%trace status").displays[0]["data"]["text/plain"]
+
+
+def test_public_flush_returns_a_delivery_report(start_kernel, receiver):
+    kernel = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
+    kernel.ok("%load_ext trace_ext\n%config TraceExt.flush_after_cell = False")
+    kernel.ok(NESTED.format(name="reported"))
+    report = kernel.value("vars(__import__('trace_ext').flush(10))")
+    assert report == {"sent": 2, "failed": 0, "pending": 0, "local": 0,
+                      "destination": f"127.0.0.1:{receiver.port}", "timed_out": False}
+
+
+def test_retry_sends_spans_that_failed_once_the_cause_is_fixed(start_kernel, receiver):
+    from .otlp_receiver import Respond
+
+    receiver.default = Respond(404, body="wrong path")
+    kernel = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok(NESTED.format(name="retried"))
+    assert "2 failed" in kernel.ok("%trace flush --timeout 10").stdout
+    receiver.default = None
+    assert kernel.ok("%trace retry").stdout.strip() == "2 failed spans queued again."
+    assert sorted(s.name for s in receiver.wait_for_spans(2)) == ["inner", "retried"]
+    assert "0 failed; 0 still pending" in kernel.ok("%trace flush --timeout 10").stdout
+    status = kernel.ok("%trace status").displays[0]["data"]["text/plain"]
+    assert "0 pending · 2 sent · 0 failed" in status
+
+
+def test_a_cell_with_thousands_of_spans_is_saved_whole(loaded, store_path):
+    loaded.ok(
+        "%%trace many\n"
+        "from opentelemetry import trace\n"
+        "tracer = trace.get_tracer('bulk')\n"
+        "for i in range(5000):\n"
+        "    tracer.start_span(f's{i}').end()\n"
+        "from trace_ext._extension import active\n"
+        "peak = active().processor.buffered()"
+    )
+    # The sender moved spans to disk while the cell ran, so the buffer never held them all.
+    assert loaded.value("peak") < 5000
+    assert store_counts(store_path).local == 5001
+
+
+def test_store_path_can_change_at_runtime(loaded, tmp_path):
+    other = tmp_path / "other" / "spans.sqlite3"
+    loaded.ok(f"%config TraceExt.store_path = {str(other)!r}")
+    loaded.ok("%%trace moved\n1")
+    assert store_counts(other).local == 1
+    senders = "sum(t.name == 'trace_ext-sender' for t in __import__('threading').enumerate())"
+    assert loaded.value(senders) == 1
+    bad = loaded.execute("%config TraceExt.store_path = '/proc/no/such/dir/s.sqlite3'")
+    assert bad.status == "error" and bad.reply["ename"] == "UsageError"
+    assert "can't use /proc/no/such/dir/s.sqlite3" in bad.reply["evalue"]
+    assert loaded.value("get_ipython().run_line_magic('config', 'TraceExt.store_path')") == str(other)

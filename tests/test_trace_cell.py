@@ -224,3 +224,11 @@ def test_trace_show_renders_the_last_traces_as_a_tree(loaded):
     assert "<details" in shown["data"]["text/html"] and "child-step" in shown["data"]["text/html"]
     # Only the last N traces.
     assert "parent-cell" not in loaded.ok("%trace show 1").displays[0]["data"]["text/plain"]
+
+
+def test_calling_the_cell_magic_directly_nests_a_span_and_returns_the_value(loaded, store_path):
+    run = loaded.ok("%%trace outer\nget_ipython().run_cell_magic('trace', 'inner-magic', 'x = 20\\nx + 22')")
+    assert run.result["data"]["text/plain"] == "42"
+    [spans] = stored_traces(store_path, 1)
+    by_name = {s.name: s for s in spans}
+    assert by_name["inner-magic"].parent_id == by_name["outer"].span_id

@@ -264,8 +264,10 @@ class Extension:
     def retry_failed(self) -> str:
         count = self.store.requeue_failed()
         if count:
-            with self.status.lock:
+            with self.status.lock, self.status.hold_trait_notifications():
                 self.status.pending += count
+                # They are no longer failed: don't count them twice once they're sent.
+                self.status.failed = max(self.status.failed - count, 0)
             self.sender.wake()
         return f"{count} failed spans queued again."
 
