@@ -126,6 +126,7 @@ def test_5xx_and_connection_errors_are_retried_with_backoff(receiver, make_spans
     assert s.flush(15).sent == 2
     statuses = [r.status for r in receiver.requests]
     assert statuses == [503, 502, 200]
+    assert s._status.last_error == ""  # recovered: the widget no longer shows the 502
     gaps = [b.received_at - a.received_at for a, b in zip(receiver.requests, receiver.requests[1:])]
     assert gaps[0] >= 0.5 and gaps[1] >= 1.0  # exponential: base 1 s, 2 s, with jitter down to half
 

@@ -232,3 +232,16 @@ def test_calling_the_cell_magic_directly_nests_a_span_and_returns_the_value(load
     [spans] = stored_traces(store_path, 1)
     by_name = {s.name: s for s in spans}
     assert by_name["inner-magic"].parent_id == by_name["outer"].span_id
+
+
+def test_an_exception_whose_str_fails_is_still_recorded(loaded, store_path):
+    run = loaded.execute(
+        "%%trace\nclass Weird(Exception):\n    def __str__(self):\n        raise RuntimeError('no str')\n"
+        "raise Weird()"
+    )
+    assert run.status == "error"  # (IPython itself reports the failing __str__ here)
+    [[span]] = stored_traces(store_path, 1)
+    message = decode_span(span.payload)
+    # The span says what the user was told, whichever exception IPython reported.
+    assert message.status.code == 2 and message.status.message.startswith(run.reply["ename"])
+    assert [e.name for e in message.events] == ["exception"]

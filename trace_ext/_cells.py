@@ -70,7 +70,10 @@ def _user_traceback(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_IPYTHON_DIR):
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:  # e.g. the exception's __str__ raises
+        return "".join(traceback.format_tb(tb)) + f"{type(exc).__name__}: <str() failed>"
 
 
 def _describe(exc: BaseException) -> str:
@@ -163,11 +166,14 @@ class CellTracer:
         if error is not None:
             description = truncate(_describe(error), limit)
             span.set_status(Status(StatusCode.ERROR, description))
-            span.record_exception(
-                error,
-                attributes={"exception.stacktrace": truncate(_user_traceback(error), limit)},
-                escaped=True,
-            )
+            stack = truncate(_user_traceback(error), limit)
+            try:
+                span.record_exception(error, attributes={"exception.stacktrace": stack}, escaped=True)
+            except Exception:  # an exception whose __str__ fails can't be recorded the SDK's way
+                span.add_event("exception", {
+                    "exception.type": type(error).__name__, "exception.message": description,
+                    "exception.stacktrace": stack, "exception.escaped": "True",
+                })
             span.set_attribute("langfuse.observation.level", "ERROR")
             span.set_attribute("langfuse.observation.status_message", description)
         elif result.result is not None:

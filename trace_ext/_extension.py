@@ -66,6 +66,7 @@ class Extension:
         )
         self._displays: list[StatusDisplay] = []
         self._env = environment_fingerprint()
+        self._tracer = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -158,7 +159,11 @@ class Extension:
     # -- the pipeline ---------------------------------------------------------
 
     def tracer(self):
-        return self._provider.get_tracer("trace_ext", __version__)
+        # One tracer (one instrumentation scope) for the extension's life: the
+        # SDK makes a new one per call, and each would be encoded anew.
+        if self._tracer is None:
+            self._tracer = self._provider.get_tracer("trace_ext", __version__)
+        return self._tracer
 
     def commit(self) -> None:
         """Move buffered spans into the store: durable once this returns."""

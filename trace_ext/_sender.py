@@ -52,6 +52,7 @@ class Sender:
         self._deadline: float | None = None  # monotonic; set while shutting down
         self._in_flight: list[int] = []  # store ids of the request being sent
         self._checkpointed = 0.0  # monotonic time of the last checkpoint
+        self._delivery_trouble = False  # last_error currently describes a delivery problem
         self.periodic = False  # True: send every POLL_INTERVAL rather than when woken
 
     # -- control, from the cell's thread ------------------------------------
@@ -195,6 +196,7 @@ class Sender:
         with self._status.lock, self._status.hold_trait_notifications():
             self._status.state = "paused" if retry.auth else "retrying"
             self._status.last_error = retry.reason
+            self._delivery_trouble = True
             self._status.pending = self._store.pending()
 
     def _set_state(self, state: str) -> None:
@@ -255,6 +257,9 @@ class Sender:
             with self._status.lock, self._status.hold_trait_notifications():
                 self._status.add(sent=len(ids) - outcome.rejected, failed=outcome.rejected)
                 self._status.last_delivery = time.time()
+                if self._delivery_trouble:  # recovered: don't keep showing the old problem
+                    self._status.last_error = ""
+                self._delivery_trouble = bool(note)
                 if note:
                     self._status.last_error = note + "."
             return None
@@ -263,6 +268,7 @@ class Sender:
             with self._status.lock, self._status.hold_trait_notifications():
                 self._status.add(failed=len(ids))
                 self._status.last_error = outcome.reason
+                self._delivery_trouble = True
             return None
         return outcome
 
