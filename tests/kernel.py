@@ -91,8 +91,10 @@ class Execution:
 class Kernel:
     """One running kernel with a client and an iopub reader thread."""
 
-    def __init__(self, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
-        self.km = KernelManager(kernel_name=KERNEL_NAME)
+    def __init__(
+        self, env: dict[str, str] | None = None, cwd: str | None = None, kernel_name: str = KERNEL_NAME
+    ) -> None:
+        self.km = KernelManager(kernel_name=kernel_name)
         full_env = {**os.environ, **(env or {})}
         self.km.start_kernel(env=full_env, cwd=cwd)
         self.kc = self.km.client()

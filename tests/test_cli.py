@@ -7,18 +7,17 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_client.manager import KernelManager
 from nbformat.v4 import new_code_cell, new_notebook
 
 from trace_ext.__main__ import DISPLAY_NAME, KERNEL_NAME, kernelspec
 from trace_ext._store import SpanStore
 
 from .conftest import ROOT, clean_env
+from .kernel import Kernel
 
 QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
 TEMPLATE = ROOT / "jupyter-config" / "kernels" / KERNEL_NAME / "kernel.json"
@@ -120,28 +119,6 @@ def test_kernelspec_template_matches_the_code():
     }
 
 
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def run_code(kc, code: str) -> tuple[str, str]:
-    """Execute in the kernel; (reply status, stdout)."""
-    out: list[str] = []
-
-    def collect(msg: dict) -> None:
-        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
-            out.append(msg["content"]["text"])
-
-    reply = kc.execute_interactive(code, timeout=60, output_hook=collect)
-    return reply["content"]["status"], "".join(out)
-
-
 def spans_named(store: Path, name: str) -> list:
     if not store.exists():
         return []
@@ -163,19 +140,14 @@ def test_installed_kernelspec_loads_trace_ext_and_uninstalls(tmp_path, store_pat
 
     data_dir = str(prefix / "share" / "jupyter")
     monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([data_dir, os.environ["JUPYTER_PATH"]]))
-    km = KernelManager(kernel_name=KERNEL_NAME)
-    km.start_kernel(env=clean_env(TRACE_EXT_STORE_PATH=str(store_path)), cwd=str(tmp_path))
-    kc = km.client()
-    kc.start_channels()
+    kernel = Kernel(clean_env(TRACE_EXT_STORE_PATH=str(store_path)), str(tmp_path), KERNEL_NAME)
     try:
-        kc.wait_for_ready(timeout=60)
-        status, out = run_code(kc, "print('trace' in get_ipython().magics_manager.magics['cell'])")
-        assert (status, out.strip()) == ("ok", "True")
-        assert run_code(kc, "%%trace from-kernelspec\n40 + 2")[0] == "ok"
-        assert wait_until(lambda: spans_named(store_path, "from-kernelspec"))
+        # No %load_ext: the kernelspec loaded it.
+        assert kernel.value("'trace' in get_ipython().magics_manager.magics['cell']") is True
+        kernel.ok("%%trace from-kernelspec\n40 + 2")
+        assert spans_named(store_path, "from-kernelspec")  # stored before the cell replied
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        kernel.shutdown(now=True)
 
     removed = cli("uninstall", "--name", KERNEL_NAME, JUPYTER_PATH=data_dir)
     assert removed.returncode == 0, removed.stderr
