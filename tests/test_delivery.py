@@ -214,3 +214,9 @@ def test_store_path_can_change_at_runtime(loaded, tmp_path):
     assert bad.status == "error" and bad.reply["ename"] == "UsageError"
     assert "can't use /proc/no/such/dir/s.sqlite3" in bad.reply["evalue"]
     assert loaded.value("get_ipython().run_line_magic('config', 'TraceExt.store_path')") == str(other)
+
+
+def test_environment_set_after_loading_is_noticed_at_the_next_cell(loaded, receiver):
+    loaded.ok(f"import os; os.environ['OTEL_EXPORTER_OTLP_ENDPOINT'] = {receiver.base_url!r}")
+    loaded.ok("%%trace after-env\n1")
+    assert [s.name for s in receiver.wait_for_spans(1)] == ["after-env"]
