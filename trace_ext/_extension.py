@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import sqlite3
 import sys
 import time
@@ -19,15 +18,15 @@ from IPython.display import display
 
 from . import __version__
 from ._cells import CellTracer, strip_trace_line
+from ._destination import environment_fingerprint, resolve_destination
+from ._export import SenderConfig
 from ._magics import TraceMagics, wrap_config_magic
 from ._processor import attach_processor
-from ._export import SenderConfig
 from ._sender import Sender
 from ._status import DeliveryReport, DeliveryStatus
 from ._store import LOCAL, PENDING, open_store
 from ._view import TraceView
-from ._widget import StatusDisplay
-from ._destination import environment_fingerprint, resolve_destination
+from ._widget import StatusDisplay, in_a_cell
 from .config import SettingError, settings_from
 
 __all__ = ["Extension", "active", "load", "unload"]
@@ -95,7 +94,7 @@ class Extension:
         shell.configurables.append(s)
         s.observe(self._on_setting)
         atexit.register(self._at_exit)
-        if s.widget:
+        if s.widget and in_a_cell(shell):
             display(self.status_display())
 
     def unload(self) -> None:

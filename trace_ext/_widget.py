@@ -15,7 +15,7 @@ from typing import Callable
 
 from ._status import DeliveryStatus
 
-__all__ = ["StatusDisplay", "status_html", "status_text"]
+__all__ = ["StatusDisplay", "in_a_cell", "status_html", "status_text"]
 
 UPDATE_INTERVAL = 0.25  # seconds between widget updates while counters change
 
@@ -53,6 +53,12 @@ def status_html(s: DeliveryStatus) -> str:
             f'<br><span style="color:#b00020">{html.escape(s.last_error)}</span>' if s.last_error else ""
         )
     return f"<span><b>trace_ext</b>: {head}{state}{error}</span>"
+
+
+def in_a_cell(shell) -> bool:
+    """False while a kernel starts (loaded by --ext): a display then has no cell to go to."""
+    kernel = getattr(shell, "kernel", None)
+    return kernel is None or bool(kernel.get_parent().get("header"))
 
 
 class _Throttle:
