@@ -75,7 +75,9 @@ class BufferingSpanProcessor(SpanProcessor):
         with self._lock:
             self._buffer.append(record)
             size = len(self._buffer)
-        if size == SPILL_THRESHOLD and self._on_spill is not None:
+        # Every SPILL_THRESHOLD spans, not only at it: put_back() (a failed store
+        # write) can leave the buffer past the threshold, and spills must go on.
+        if size % SPILL_THRESHOLD == 0 and self._on_spill is not None:
             self._on_spill()
 
     def drain(self) -> list[SpanRecord]:
