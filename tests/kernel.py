@@ -92,11 +92,13 @@ class Kernel:
     """One running kernel with a client and an iopub reader thread."""
 
     def __init__(
-        self, env: dict[str, str] | None = None, cwd: str | None = None, kernel_name: str = KERNEL_NAME
+        self, env: dict[str, str] | None = None, cwd: str | None = None, kernel_name: str = KERNEL_NAME,
+        **launch: Any,
     ) -> None:
         self.km = KernelManager(kernel_name=kernel_name)
         full_env = {**os.environ, **(env or {})}
-        self.km.start_kernel(env=full_env, cwd=cwd)
+        # launch: Popen options for the kernel process, e.g. stderr=<file> to read its log.
+        self.km.start_kernel(env=full_env, cwd=cwd, **launch)
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

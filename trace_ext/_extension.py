@@ -22,6 +22,7 @@ from ._destination import environment_fingerprint, resolve_destination
 from ._export import SenderConfig
 from ._magics import TraceMagics, wrap_config_magic
 from ._processor import attach_processor
+from ._redact import RedactingFilter, Redactor, secrets_of
 from ._sender import Sender
 from ._status import DeliveryReport, DeliveryStatus
 from ._store import LOCAL, PENDING, open_store
@@ -34,6 +35,7 @@ __all__ = ["Extension", "active", "load", "unload"]
 log = logging.getLogger("trace_ext")
 _ACTIVE: dict[int, "Extension"] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
+_LOG_FILTER = RedactingFilter()  # secrets never reach the kernel's log either
 
 _SENDER_SETTINGS = {"endpoint", "headers", "protocol", "compression", "export_timeout",
                     "max_batch_spans", "max_batch_bytes"}
@@ -47,6 +49,7 @@ def _log_to_process_stderr() -> None:
         handler.setFormatter(logging.Formatter("[trace_ext] %(levelname)s %(message)s"))
         handler._trace_ext = True  # type: ignore[attr-defined]
         log.addHandler(handler)
+        log.addFilter(_LOG_FILTER)
         log.setLevel(logging.INFO)
         log.propagate = False
 
@@ -66,6 +69,7 @@ class Extension:
         self._displays: list[StatusDisplay] = []
         self._env = environment_fingerprint()
         self._tracer = None
+        self._destination = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -197,6 +201,8 @@ class Extension:
                 destination, s.protocol, s.compression, s.export_timeout,
                 s.max_batch_spans, s.max_batch_bytes,
             )
+        self._destination = destination
+        self._update_redactor()
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.destination = destination.host if destination else ""
             if destination is None:
@@ -211,6 +217,8 @@ class Extension:
         name = change["name"]
         if name in _SENDER_SETTINGS:
             self._apply_destination()
+        elif name == "redact":
+            self._update_redactor()
         elif name == "max_attribute_length":
             self.processor.set_attribute_limit(change["new"])
         elif name == "flush_after_cell":
@@ -222,6 +230,16 @@ class Extension:
                 display(self.status_display())
             else:
                 self._close_displays()
+
+    def _update_redactor(self) -> None:
+        """Redact the current secrets and ``TraceExt.redact`` patterns from spans, status and log."""
+        headers = dict(self.settings.headers)
+        if self._destination is not None:
+            headers.update(self._destination.headers)
+        redactor = Redactor(self.settings.redact, secrets_of(headers))
+        self.processor.set_redactor(redactor)
+        self.status.redactor = redactor
+        _LOG_FILTER.redactor = redactor
 
     def _switch_store(self, change) -> None:
         try:

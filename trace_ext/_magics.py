@@ -177,7 +177,7 @@ def wrap_config_magic(shell, settings) -> Callable[[], None]:
     def config(line: str = ""):
         match = re.fullmatch(r"\s*TraceExt\.(\w+)\s*=(.*)", line, re.S)
         if match is None:
-            return original(line)
+            return original(shell.var_expand(line))
         name, expression = match.groups()
         if name not in settings.trait_names(config=True):
             raise UsageError(f"TraceExt has no setting {name!r}; `%config TraceExt` lists them.")
@@ -185,8 +185,17 @@ def wrap_config_magic(shell, settings) -> Callable[[], None]:
         try:
             setattr(settings, name, value)
         except TraitError as exc:
+            if name == "headers":  # traitlets would quote the value, which may be a key
+                raise UsageError(
+                    "TraceExt.headers must be a dict of header names to values, such as "
+                    "{'Authorization': 'Bearer ...'}; the old headers stay."
+                ) from None
             raise UsageError(_TRAIT_ERROR.sub(r"TraceExt.\1", str(exc))) from None
 
+    # A TraceExt value is a Python expression taken as written: IPython's {var}
+    # expansion would turn a redact pattern's "{8,}" into "(8,)". Other lines
+    # are expanded as IPython always does.
+    config._ipython_magic_no_var_expand = True  # type: ignore[attr-defined]
     magics["config"] = config
 
     def restore() -> None:

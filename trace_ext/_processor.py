@@ -17,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from ._otlp import OriginCache, SpanRecord, encode_span
+from ._redact import Redactor, redacted_span
 
 __all__ = ["BufferingSpanProcessor", "attach_processor"]
 
@@ -39,6 +40,7 @@ class BufferingSpanProcessor(SpanProcessor):
         self._on_spill: Callable[[], None] | None = None
         self._on_shutdown: Callable[[], None] | None = None
         self.encode_errors = 0
+        self._redactor = Redactor()
 
     def activate(
         self,
@@ -57,6 +59,9 @@ class BufferingSpanProcessor(SpanProcessor):
         self._active = False
         self._on_spill = self._on_shutdown = None
 
+    def set_redactor(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+
     def set_attribute_limit(self, limit: int) -> None:
         self._limit = limit
 
@@ -67,7 +72,7 @@ class BufferingSpanProcessor(SpanProcessor):
         if not self._active:
             return
         try:
-            record = encode_span(span, self._limit, self._origins)
+            record = encode_span(redacted_span(span, self._redactor), self._limit, self._origins)
         except Exception:  # a span we can't encode must not break the user's code
             self.encode_errors += 1
             log.exception("trace_ext could not encode span %r", getattr(span, "name", "?"))

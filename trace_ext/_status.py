@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from traitlets import Float, HasTraits, Int, Unicode
+from traitlets import Float, HasTraits, Int, Unicode, validate
 
 __all__ = ["DeliveryReport", "DeliveryStatus"]
 
@@ -30,6 +30,11 @@ class DeliveryStatus(HasTraits):
         # Traits are written by the sender thread and the cell's thread; a lock
         # keeps read-modify-write updates (counters) whole.
         self.lock = threading.RLock()
+        self.redactor = lambda text: text  # set by the extension: secrets never reach a display
+
+    @validate("last_error")
+    def _redacted(self, proposal) -> str:
+        return self.redactor(proposal["value"])
 
     def add(self, *, sent: int = 0, failed: int = 0) -> None:
         with self.lock, self.hold_trait_notifications():

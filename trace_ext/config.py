@@ -8,11 +8,12 @@ effect at once) and ``c.TraceExt.endpoint = "..."`` in an IPython config file.
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping
 from urllib.parse import urlsplit
 
 from IPython.core.error import UsageError
-from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
 __all__ = ["SettingError", "TraceExt", "settings_from"]
@@ -135,6 +136,15 @@ class TraceExt(Configurable):
         help="user.id put on every traced cell; None leaves it out.",
     ).tag(config=True)
 
+    redact = List(
+        Unicode(),
+        help="""Regular expressions (Python syntax) whose matches are replaced by
+        [REDACTED] in every span's text (cell input and output, attributes,
+        events, errors) before it is stored or sent, for example
+        [r"sk-[A-Za-z0-9]{20,}", r"(?i)password=\\S+"]. The configured
+        secrets (header values, the Langfuse keys) are always redacted.""",
+    ).tag(config=True)
+
     widget = Bool(
         True,
         help="""Show the live status widget when the extension loads. When False
@@ -166,6 +176,23 @@ class TraceExt(Configurable):
         if value is None or value == "":
             return None
         return check_url("TraceExt.endpoint", value.strip())
+
+    @validate("headers")
+    def _valid_headers(self, proposal):
+        from ._redact import SecretHeaders
+
+        return SecretHeaders(proposal["value"])  # its repr hides the values
+
+    @validate("redact")
+    def _valid_redact(self, proposal):
+        for pattern in proposal["value"]:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise SettingError(
+                    f"TraceExt.redact holds {pattern!r}, which is not a valid regular expression ({exc})."
+                ) from None
+        return list(proposal["value"])
 
     @validate("protocol")
     def _valid_protocol(self, proposal):
