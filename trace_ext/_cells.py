@@ -21,7 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from ._capture import safe_repr, truncate
+from ._capture import describe_value, shown_text, truncate
 from ._magics import CellArgs, parse_cell_args
 
 __all__ = ["CellTracer", "split_traced_cell", "strip_trace_line"]
@@ -177,7 +177,9 @@ class CellTracer:
             span.set_attribute("langfuse.observation.level", "ERROR")
             span.set_attribute("langfuse.observation.status_message", description)
         elif result.result is not None:
-            output = safe_repr(result.result, limit)
+            # The text IPython showed the user (no user code runs again), else a
+            # time-limited repr; arrays and data frames get a shape/dtype header.
+            output = describe_value(result.result, limit, shown_text(IPython.get_ipython(), result))
             span.set_attribute("langfuse.observation.output", output)
             span.set_attribute("output.value", output)
 

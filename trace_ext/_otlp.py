@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -36,6 +37,7 @@ __all__ = [
     "SpanRecord",
     "attributes_to_dict",
     "build_request",
+    "clean_text",
     "decode_span",
     "encode_span",
     "parse_response",
@@ -61,30 +63,74 @@ class SpanRecord(NamedTuple):
     payload: bytes
 
 
-def _any_value(value: Any, limit: int) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=truncate(value, limit))
-    if isinstance(value, int):
-        if _INT64_MIN <= value <= _INT64_MAX:
-            return AnyValue(int_value=value)
-        return AnyValue(string_value=str(value))  # OTLP has no big integers
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, (bytes, bytearray)):
-        return AnyValue(bytes_value=bytes(value[:limit]))
-    if isinstance(value, Mapping):
-        return AnyValue(kvlist_value=KeyValueList(values=_key_values(value, limit)))
-    if isinstance(value, Sequence):
-        return AnyValue(array_value=ArrayValue(values=[_any_value(v, limit) for v in value]))
-    return AnyValue(string_value=truncate(str(value), limit))
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_DEPTH = 32  # nesting of arrays and key-value lists kept as such; deeper becomes text
 
 
-def _key_values(attributes: Mapping[str, Any] | None, limit: int) -> list[KeyValue]:
+def clean_text(text: str) -> str:
+    """``text`` as protobuf (and SQLite) can encode it: lone surrogates become U+FFFD.
+
+    A Python str may hold surrogates (``'\\udcff'``, ``os.fsdecode`` of a bad
+    file name) that UTF-8 can't encode; the span keeps everything else.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _described(value: Any, limit: int) -> str:
+    try:
+        text = str(value)
+    except Exception as exc:
+        text = f"<{type(value).__name__} object: str() failed with {type(exc).__name__}>"
+    if not isinstance(text, str):
+        text = f"<{type(value).__name__} object>"
+    return clean_text(truncate(text, limit))
+
+
+def _any_value(value: Any, limit: int, depth: int = 0) -> AnyValue:
+    """An OTLP ``AnyValue``; never raises. Strings are cut at ``limit`` characters
+    (with a marker) and cleaned of lone surrogates, bytes cut at ``limit`` bytes,
+    integers beyond int64 become their decimal text, and nesting deeper than
+    ``_MAX_DEPTH`` (or a cycle) becomes text."""
+    try:
+        if value is None:
+            return AnyValue()  # OTLP's empty value (the SDK lets None through, e.g. in sequences)
+        if isinstance(value, bool):
+            return AnyValue(bool_value=value)
+        if isinstance(value, str):
+            return AnyValue(string_value=clean_text(truncate(value, limit)))
+        if isinstance(value, int):
+            if _INT64_MIN <= value <= _INT64_MAX:
+                return AnyValue(int_value=value)
+            return AnyValue(string_value=truncate(str(value), limit))  # OTLP has no big integers
+        if isinstance(value, float):
+            return AnyValue(double_value=value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return AnyValue(bytes_value=bytes(value[:limit]))
+        if isinstance(value, (Mapping, Sequence)) and depth >= _MAX_DEPTH:
+            return AnyValue(string_value=f"<{type(value).__name__} nested deeper than {_MAX_DEPTH} levels>")
+        if isinstance(value, Mapping):
+            return AnyValue(kvlist_value=KeyValueList(values=_key_values(value, limit, depth + 1)))
+        if isinstance(value, Sequence):
+            return AnyValue(array_value=ArrayValue(values=[_any_value(v, limit, depth + 1) for v in value]))
+        return AnyValue(string_value=_described(value, limit))
+    except Exception as exc:  # a value we can't encode must not cost the span
+        return AnyValue(string_value=f"<{type(value).__name__} value that could not be encoded: {type(exc).__name__}>")
+
+
+def _key_values(attributes: Mapping[str, Any] | None, limit: int, depth: int = 0) -> list[KeyValue]:
     if not attributes:
         return []
-    return [KeyValue(key=str(k), value=_any_value(v, limit)) for k, v in attributes.items()]
+    return [
+        KeyValue(key=clean_text(k) if isinstance(k, str) else _described(k, limit),
+                 value=_any_value(v, limit, depth))
+        for k, v in attributes.items()
+    ]
 
 
 def _id_hex(value: int, width: int) -> str:
@@ -108,8 +154,8 @@ class OriginCache:
         res = Resource(attributes=_key_values(getattr(resource, "attributes", None), attr_limit))
         scope_msg = InstrumentationScope()
         if scope is not None:
-            scope_msg.name = scope.name or ""
-            scope_msg.version = scope.version or ""
+            scope_msg.name = clean_text(scope.name or "")
+            scope_msg.version = clean_text(scope.version or "")
             scope_msg.attributes.extend(_key_values(getattr(scope, "attributes", None), attr_limit))
         res_bytes, scope_bytes = res.SerializeToString(), scope_msg.SerializeToString()
         digest = hashlib.sha1(res_bytes + b"\0" + scope_bytes).digest()
@@ -127,7 +173,7 @@ def encode_span(span, limit: int, origins: OriginCache) -> SpanRecord:
     msg = Span(
         trace_id=ctx.trace_id.to_bytes(16, "big"),
         span_id=ctx.span_id.to_bytes(8, "big"),
-        name=span.name,
+        name=clean_text(str(span.name or "")),
         kind=span.kind.value + 1,  # the SDK counts from INTERNAL=0, OTLP from UNSPECIFIED=0
         start_time_unix_nano=span.start_time or 0,
         end_time_unix_nano=span.end_time or 0,
@@ -138,12 +184,12 @@ def encode_span(span, limit: int, origins: OriginCache) -> SpanRecord:
         flags=0x100 | (0x200 if parent is not None and parent.is_remote else 0) | int(ctx.trace_flags),
     )
     if ctx.trace_state:
-        msg.trace_state = ctx.trace_state.to_header()
+        msg.trace_state = clean_text(ctx.trace_state.to_header())
     if parent is not None:
         msg.parent_span_id = parent.span_id.to_bytes(8, "big")
     for event in span.events:
         msg.events.add(
-            name=event.name,
+            name=clean_text(str(event.name or "")),
             time_unix_nano=event.timestamp,
             attributes=_key_values(event.attributes, limit),
         )
@@ -156,13 +202,13 @@ def encode_span(span, limit: int, origins: OriginCache) -> SpanRecord:
     status = span.status
     msg.status.code = status.status_code.value
     if status.description:
-        msg.status.message = truncate(status.description, limit)
+        msg.status.message = clean_text(truncate(str(status.description), limit))
     digest, res_bytes, scope_bytes = origins.get(span.resource, span.instrumentation_scope, limit)
     return SpanRecord(
         trace_id=_id_hex(ctx.trace_id, 32),
         span_id=_id_hex(ctx.span_id, 16),
         parent_id=_id_hex(parent.span_id, 16) if parent is not None else None,
-        name=span.name,
+        name=msg.name,  # cleaned: SQLite can't store lone surrogates either
         start_ns=msg.start_time_unix_nano,
         end_ns=msg.end_time_unix_nano,
         status=msg.status.code,
