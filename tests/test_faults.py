@@ -1,0 +1,370 @@
+"""Delivery under faults, in real kernels against the loopback receiver.
+
+Every test checks the accounting rule: each span the cells produced is sent
+(and the receiver accepted it exactly once), failed (with a readable reason,
+and the receiver never accepted it), or still pending in the store (and never
+accepted) -- and the receiver accepted no span twice and nothing unknown.
+
+The span ids a test expects come from the kernel itself: each traced cell
+appends the ids of its own span and of its child to ``_ids``, so the store is
+checked against an independent record rather than against itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+
+from .otlp_receiver import Hang, Reset, Respond
+
+SETUP = "_ids = []\nfrom opentelemetry import trace as _t"
+
+# A traced cell with one nested child; both span ids go into the kernel's _ids.
+CELL = (
+    "%%trace {name}\n"
+    "_ids.append(format(_t.get_current_span().get_span_context().span_id, '016x'))\n"
+    "with _t.get_tracer('lib').start_as_current_span('inner-{name}') as _s:\n"
+    "    _ids.append(format(_s.get_span_context().span_id, '016x'))\n"
+    "'done'"
+)
+
+
+def store_rows(store_path) -> dict[str, tuple[str, str | None]]:
+    """span_id -> (state, error), straight from the store's spans table."""
+    conn = sqlite3.connect(str(store_path), timeout=5)
+    try:
+        rows = conn.execute("SELECT span_id, state, error FROM spans").fetchall()
+    finally:
+        conn.close()
+    ids = [row[0] for row in rows]
+    assert len(ids) == len(set(ids)), f"a span id is stored twice: {Counter(ids).most_common(3)}"
+    return {span_id: (state, error) for span_id, state, error in rows}
+
+
+def assert_accounted(store_path, receiver, produced_ids) -> Counter:
+    """sent + failed + pending == produced, by span id, against what the receiver accepted.
+
+    Returns the count of each state among the produced spans.
+    """
+    produced = list(produced_ids)
+    assert len(produced) == len(set(produced)), "the cells reported a span id twice"
+    produced_set = set(produced)
+    rows = store_rows(store_path)
+    accepted = Counter(receiver.span_ids())
+
+    twice = {span_id: n for span_id, n in accepted.items() if n > 1}
+    assert not twice, f"span ids accepted more than once: {twice}"
+    unknown = set(accepted) - produced_set
+    assert not unknown, f"the receiver accepted spans no cell produced: {sorted(unknown)}"
+    missing = produced_set - set(rows)
+    assert not missing, f"spans produced but not in the store: {sorted(missing)}"
+
+    states: Counter = Counter()
+    for span_id in produced:
+        state, error = rows[span_id]
+        states[state] += 1
+        if state == "sent":
+            assert accepted[span_id] == 1, f"{span_id} is marked sent but the receiver never accepted it"
+        elif state == "failed":
+            assert error and error.strip(), f"{span_id} failed without a reason"
+            assert accepted[span_id] == 0, f"{span_id} is marked failed but the receiver accepted it"
+        elif state == "pending":
+            assert accepted[span_id] == 0, f"{span_id} is still pending but the receiver accepted it"
+        else:
+            raise AssertionError(f"{span_id} is in state {state!r}: it was never meant to be sent")
+    assert states["sent"] + states["failed"] + states["pending"] == len(produced)
+    return states
+
+
+def traced_kernel(start_kernel, receiver, *settings: str, env_endpoint: bool = False, store=None):
+    """A kernel with trace_ext loaded, pointed at the receiver, ready to record span ids."""
+    if env_endpoint:
+        kernel = start_kernel(store, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
+        lines = ["%load_ext trace_ext"]
+    else:
+        kernel = start_kernel(store)
+        lines = ["%load_ext trace_ext", f"%config TraceExt.endpoint = {receiver.url!r}"]
+    lines += [f"%config TraceExt.{s}" for s in settings]
+    kernel.ok("\n".join(lines))
+    kernel.ok(SETUP)
+    return kernel
+
+
+def flushed(kernel, timeout: float = 30) -> str:
+    out = kernel.ok(f"%trace flush --timeout {timeout:g}", timeout=timeout + 30).stdout
+    assert "0 still pending" in out, out
+    return out
+
+
+def status_text(kernel) -> str:
+    return kernel.ok("%trace status").displays[0]["data"]["text/plain"]
+
+
+def timed_exit(kernel, limit: float) -> float:
+    """Ask the kernel to shut down; seconds until its process is gone (the kernel's own exit)."""
+    process = kernel.km.provisioner.process
+    started = time.monotonic()
+    kernel.kc.shutdown()  # shutdown_request on the control channel, as a frontend sends it
+    try:
+        process.wait(timeout=limit + 10)
+    except subprocess.TimeoutExpired:
+        pass
+    took = time.monotonic() - started
+    try:
+        kernel.shutdown(now=True)  # stop the client's channels and clean up
+    except Exception:
+        pass
+    return took
+
+
+# --------------------------------------------------------------------------- 1
+
+
+def test_backend_down_for_20_cells_then_up_delivers_each_span_once(start_kernel, receiver, store_path):
+    kernel = traced_kernel(start_kernel, receiver, env_endpoint=True)
+    receiver.stop()  # connection refused from now on
+    for i in range(20):
+        kernel.ok(CELL.format(name=f"down-{i}"))
+    produced = kernel.value("_ids")
+    assert len(produced) == 40
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=40)
+    assert receiver.requests == []
+    text = status_text(kernel)
+    assert f"Could not reach 127.0.0.1:{receiver.port}" in text and "40 pending" in text, text
+
+    receiver.start()  # same port
+    # The sender is backing off (1 s doubling); a new cell wakes it but doesn't jump the
+    # backoff. Pointing trace_ext at the backend explicitly is a new destination
+    # (TraceExt.endpoint rather than the environment), which resets the backoff.
+    kernel.ok(f"%config TraceExt.endpoint = {receiver.url!r}")
+    flushed(kernel, 30)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=40)
+    names = Counter(s.name for s in receiver.spans)
+    assert names == Counter([f"down-{i}" for i in range(20)] + [f"inner-down-{i}" for i in range(20)])
+
+
+# --------------------------------------------------------------------------- 2
+
+
+def test_hanging_backend_keeps_cells_quick_and_delivers_once_it_recovers(start_kernel, receiver, store_path):
+    receiver.default = Hang(60)
+    kernel = traced_kernel(start_kernel, receiver, "export_timeout = 1")
+    took = []
+    for i in range(5):
+        started = time.monotonic()
+        kernel.ok(CELL.format(name=f"hang-{i}"))
+        took.append(time.monotonic() - started)
+    # Requests are hanging (each abandoned after export_timeout), yet no cell waited for one.
+    assert receiver.wait_for(lambda rx: len(rx.requests) >= 2, timeout=20)
+    assert max(took) < 1.0, f"cells took {took} s with export_timeout = 1 s"
+    produced = kernel.value("_ids")
+    assert len(produced) == 10
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=10)
+
+    receiver.default = None  # recovered
+    flushed(kernel, 30)
+    requests = receiver.requests
+    hung = [r for r in requests if r.status is None]
+    assert hung, "no request hung"
+    # The next request after a hanging one waited at least export_timeout (it timed out first).
+    for before, after in zip(requests, requests[1:]):
+        if before.status is None:
+            assert after.received_at - before.received_at >= 1.0
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=10)
+
+
+# --------------------------------------------------------------------------- 3
+
+
+def test_rejected_credentials_keep_spans_pending_until_the_right_key_is_set(start_kernel, receiver, store_path):
+    receiver.require_headers = {"x-api-key": "right-key"}
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="auth-1"))
+
+    # 401: kept, paused, and the status says what to set.
+    assert receiver.wait_for(lambda rx: any(r.status == 401 for r in rx.requests), timeout=20)
+    assert kernel.wait_for(
+        lambda: any("rejected the credentials (HTTP 401)" in label for label in kernel.status_labels()),
+        timeout=20,
+    ), kernel.status_labels()
+    text = status_text(kernel)
+    assert "rejected the credentials (HTTP 401)" in text and "%config TraceExt.headers" in text, text
+    assert "[paused]" in text, text
+    kernel.ok(CELL.format(name="auth-2"))
+    produced = kernel.value("_ids")
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)
+
+    # 403 for a key the backend knows but won't accept for ingestion.
+    receiver.require_headers = {}
+    receiver.default = Respond(403, body="this key may not ingest traces")
+    before = len(receiver.requests)
+    kernel.ok("%config TraceExt.headers = {'x-api-key': 'wrong-key'}")
+    assert receiver.wait_for(
+        lambda rx: any(r.status == 403 for r in rx.requests[before:]), timeout=20
+    )
+    assert kernel.wait_for(
+        lambda: any("rejected the credentials (HTTP 403)" in label for label in kernel.status_labels()),
+        timeout=20,
+    ), kernel.status_labels()
+    text = status_text(kernel)
+    assert "rejected the credentials (HTTP 403): this key may not ingest traces" in text, text
+    assert "%config TraceExt.headers" in text and "[paused]" in text, text
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)
+
+    # The right key: delivery resumes at once and nothing is lost.
+    receiver.require_headers = {"x-api-key": "right-key"}
+    receiver.default = None
+    kernel.ok("%config TraceExt.headers = {'x-api-key': 'right-key'}")
+    flushed(kernel, 30)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+    assert all(r.headers.get("x-api-key") == "right-key" for r in receiver.requests if r.accepted)
+    text = status_text(kernel)
+    assert "rejected the credentials" not in text and "0 pending · 4 sent · 0 failed" in text, text
+
+
+# --------------------------------------------------------------------------- 4
+
+
+def test_a_400_for_one_span_fails_only_that_span(start_kernel, receiver, store_path):
+    message = "bad span: the name 'bad' is reserved"
+    receiver.rule = lambda spans: Respond(400, body=message) if any(s.name == "bad" for s in spans) else None
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(
+        "%%trace batch\n"
+        "_ids.append(format(_t.get_current_span().get_span_context().span_id, '016x'))\n"
+        "_bad = None\n"
+        "for _name in ['a', 'b', 'c', 'bad', 'd', 'e', 'f']:\n"
+        "    with _t.get_tracer('lib').start_as_current_span(_name) as _s:\n"
+        "        _ids.append(format(_s.get_span_context().span_id, '016x'))\n"
+        "        if _name == 'bad':\n"
+        "            _bad = _ids[-1]\n"
+    )
+    produced, bad = kernel.value("_ids"), kernel.value("_bad")
+    assert len(produced) == 8
+    out = flushed(kernel, 30)
+    assert "1 failed" in out, out
+    # It went as one batch first, and was refused whole.
+    first = receiver.requests[0]
+    assert first.status == 400 and len(first.spans) == 8
+
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=7, failed=1)
+    state, error = store_rows(store_path)[bad]
+    assert state == "failed" and message in error and "HTTP 400" in error, error
+    assert sorted(s.name for s in receiver.spans) == ["a", "b", "batch", "c", "d", "e", "f"]
+
+
+# --------------------------------------------------------------------------- 5
+
+
+def test_connection_reset_mid_request_is_retried_and_delivered_once(start_kernel, receiver, store_path):
+    receiver.script(Reset())
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="reset-1"))
+    kernel.ok(CELL.format(name="reset-2"))
+    produced = kernel.value("_ids")
+    flushed(kernel, 30)
+    requests = receiver.requests
+    assert requests[0].status is None and requests[0].spans, "the first request was not the reset one"
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+
+
+# --------------------------------------------------------------------------- 6
+
+
+def test_spans_of_a_killed_kernel_are_delivered_by_the_next_one(start_kernel, receiver, store_path):
+    receiver.stop()
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="before-kill-1"))
+    last = kernel.ok(CELL.format(name="before-kill-2").replace("'done'", "import json; print(json.dumps(_ids))"))
+    os.kill(kernel.pid(), signal.SIGKILL)  # right after the cell replied
+    produced = json.loads(last.stdout)
+    assert len(produced) == 4
+    kernel.km.provisioner.process.wait(timeout=10)
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)
+
+    receiver.start()
+    again = traced_kernel(start_kernel, receiver)
+    # A batch the dead kernel had claimed stays leased for at most 30 s; allow for that.
+    flushed(again, 45)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+
+
+# --------------------------------------------------------------------------- 7
+
+
+def test_shutdown_delivers_with_the_backend_up(start_kernel, receiver, store_path):
+    kernel = traced_kernel(start_kernel, receiver, "flush_after_cell = False", "shutdown_timeout = 3")
+    for i in range(3):
+        kernel.ok(CELL.format(name=f"exit-{i}"))
+    produced = kernel.value("_ids")
+    took = timed_exit(kernel, 3 + 1)
+    assert took <= 3 + 1, f"the kernel took {took:.2f} s to exit (shutdown_timeout = 3)"
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=6)
+
+
+def test_shutdown_with_a_hanging_backend_is_bounded_and_keeps_spans(start_kernel, receiver, store_path):
+    receiver.default = Hang(60)
+    kernel = traced_kernel(start_kernel, receiver, "shutdown_timeout = 2")
+    for i in range(3):
+        kernel.ok(CELL.format(name=f"stuck-{i}"))
+    produced = kernel.value("_ids")
+    assert receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout=20)  # one is in flight
+    took = timed_exit(kernel, 2 + 1)
+    assert took <= 2 + 1, f"the kernel took {took:.2f} s to exit (shutdown_timeout = 2)"
+    # Still pending, and not leased: the next kernel may send them at once.
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=6)
+    conn = sqlite3.connect(str(store_path))
+    try:
+        leased = conn.execute("SELECT COUNT(*) FROM spans WHERE lease_until > ?", (time.time(),)).fetchone()[0]
+    finally:
+        conn.close()
+    assert leased == 0
+
+
+# --------------------------------------------------------------------------- 8
+
+
+def test_two_kernels_sharing_a_store_and_a_backlog_send_each_span_once(start_kernel, receiver, store_path):
+    receiver.stop()
+    third = traced_kernel(start_kernel, receiver, "shutdown_timeout = 0.5")
+    for i in range(5):
+        third.ok(CELL.format(name=f"backlog-{i}"))
+    backlog = third.value("_ids")
+    third.shutdown()
+    assert assert_accounted(store_path, receiver, backlog) == Counter(pending=10)
+
+    receiver.start()
+    a = traced_kernel(start_kernel, receiver)
+    b = traced_kernel(start_kernel, receiver)
+    for i in range(10):
+        a.ok(CELL.format(name=f"a-{i}"))
+        b.ok(CELL.format(name=f"b-{i}"))
+    produced = backlog + a.value("_ids") + b.value("_ids")
+    assert len(produced) == 50
+    flushed(a, 30)
+    flushed(b, 30)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=50)
+
+
+# --------------------------------------------------------------------------- 9
+
+
+def test_retry_after_is_honoured(start_kernel, receiver, store_path):
+    receiver.script(Respond(429, body="slow down", headers={"Retry-After": "2"}))
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="limited-1"))
+    assert receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout=20)
+    kernel.ok(CELL.format(name="limited-2"))  # wakes the sender: it must still wait
+    produced = kernel.value("_ids")
+    flushed(kernel, 30)
+    first, *rest = receiver.requests
+    assert first.status == 429
+    assert rest and all(r.received_at - first.received_at >= 2.0 for r in rest), [
+        round(r.received_at - first.received_at, 2) for r in rest
+    ]
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
