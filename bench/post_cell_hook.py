@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.metadata
 import io
 import math
 import os
@@ -42,6 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from _machine import machine_line, version  # noqa: E402 - bench/ is on sys.path when a script runs
+
 SPANS_PER_CELL = 100
 WARMUP_CELLS = 5  # per row, not timed
 SLOW_PEER_CELLS = 10  # the 2 s-delay peer row: each iteration costs ~2 s
@@ -52,24 +53,6 @@ _PROMPT = "Summarise the quarterly report for the board in three bullet points, 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _quantile(ordered: list[int], q: float) -> int:
@@ -376,7 +359,7 @@ def run_peer_rows(args, rows: list[Row], extras: list[str]) -> None:
     )
     extras.append(
         "Peer note: in opentelemetry-sdk "
-        f"{_version('opentelemetry-sdk')}, `BatchSpanProcessor.force_flush(timeout_millis)` "
+        f"{version('opentelemetry-sdk')}, `BatchSpanProcessor.force_flush(timeout_millis)` "
         "ignores its timeout and exports synchronously on the caller's thread, so the cell "
         "waits for the backend's answer, bounded only by the exporter's own deadline per "
         "512-span batch (OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, 10 s by default, retries included)."
@@ -419,12 +402,12 @@ def main() -> int:
     import trace_ext
 
     print("# trace_ext post-cell hook benchmark\n")
-    print(f"- machine: {platform.platform()} ({platform.machine()}), {_cpu_model()}, {os.cpu_count()} CPUs")
+    print(machine_line())
     print(f"- Python {platform.python_version()} ({platform.python_implementation()})")
     print(
-        f"- trace_ext {trace_ext.__version__}, opentelemetry-sdk {_version('opentelemetry-sdk')}, "
-        f"opentelemetry-exporter-otlp-proto-http {_version('opentelemetry-exporter-otlp-proto-http')}, "
-        f"ipython {IPython.__version__}, httpx {_version('httpx')}"
+        f"- trace_ext {trace_ext.__version__}, opentelemetry-sdk {version('opentelemetry-sdk')}, "
+        f"opentelemetry-exporter-otlp-proto-http {version('opentelemetry-exporter-otlp-proto-http')}, "
+        f"ipython {IPython.__version__}, httpx {version('httpx')}"
     )
     print(
         f"- {args.cells} timed cells per row (after {WARMUP_CELLS} untimed warm-up cells), "

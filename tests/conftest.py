@@ -50,6 +50,31 @@ def store_path(tmp_path) -> Path:
 
 
 @pytest.fixture
+def store(store_path):
+    """The test's store, opened in this process."""
+    from trace_ext._store import SpanStore
+
+    store = SpanStore(str(store_path))
+    yield store
+    store.close()
+
+
+def recording_tracer(service: str, attribute_limit: int = 1_000_000):
+    """``(processor, tracer)``: a real SDK tracer whose ended spans trace_ext's processor
+    encodes into its buffer (``processor.drain()`` returns them as store records)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from trace_ext._processor import BufferingSpanProcessor
+
+    processor = BufferingSpanProcessor()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    processor.activate(attribute_limit, lambda: None, lambda: None)
+    return processor, provider.get_tracer("tests")
+
+
+@pytest.fixture
 def start_kernel(store_path, tmp_path):
     """Start real kernels; each gets the test's store unless told otherwise. All are shut down."""
     kernels: list[Kernel] = []

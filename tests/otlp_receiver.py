@@ -24,6 +24,7 @@ import dataclasses
 import gzip
 import json
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -496,9 +497,16 @@ class OtlpReceiver:
     it back at the URL the exporter already uses. Records survive restarts.
     """
 
-    def __init__(self, require_headers: dict[str, str] | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        require_headers: dict[str, str] | None = None,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.require_headers = {k.lower(): v for k, v in (require_headers or {}).items()}
         self._port = port
+        # Serve HTTPS with this server-side context (None: plain HTTP).
+        self.ssl_context = ssl_context
         # Re-entrant so wait_for() can evaluate predicates that call the
         # public accessors while holding the condition's lock.
         self._lock = threading.RLock()
@@ -521,6 +529,12 @@ class OtlpReceiver:
             return self
         self._stopping.clear()
         server = _Server(("127.0.0.1", self._port), self)
+        if self.ssl_context is not None:
+            # The handshake is deferred to the handler thread's first read, so a
+            # client that refuses our certificate fails only its own connection.
+            server.socket = self.ssl_context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
@@ -573,8 +587,9 @@ class OtlpReceiver:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self._port}"
+        """``http://127.0.0.1:<port>`` (``https://`` when serving TLS)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._port}"
 
     @property
     def url(self) -> str:

@@ -5,34 +5,21 @@ from __future__ import annotations
 import time
 
 import pytest
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 
-from trace_ext._processor import BufferingSpanProcessor
 from trace_ext._export import SenderConfig
 from trace_ext._sender import Sender
 from trace_ext._status import DeliveryStatus
-from trace_ext._store import PENDING, SpanStore
+from trace_ext._store import PENDING
 from trace_ext._destination import Destination
 
+from .conftest import recording_tracer
 from .otlp_receiver import Delay, PartialSuccess, Respond
-
-
-@pytest.fixture
-def store(store_path):
-    store = SpanStore(str(store_path))
-    yield store
-    store.close()
 
 
 @pytest.fixture
 def make_spans(store):
     """Record n real SDK spans (one trace) into the store as pending; returns their names."""
-    processor = BufferingSpanProcessor()
-    provider = TracerProvider(resource=Resource.create({"service.name": "sender-tests"}), shutdown_on_exit=False)
-    provider.add_span_processor(processor)
-    processor.activate(32_768, lambda: None, lambda: None)
-    tracer = provider.get_tracer("tests")
+    processor, tracer = recording_tracer("sender-tests", 32_768)
 
     def make(n: int, payload: str = "", prefix: str = "span") -> list[str]:
         names = [f"{prefix}-{i}" for i in range(n)]

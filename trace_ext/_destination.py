@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from .config import TraceExt, check_url, env
 
-__all__ = ["Destination", "environment_fingerprint", "resolve_destination"]
+__all__ = ["Destination", "environment_fingerprint", "resolve_certificate", "resolve_destination"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,12 @@ def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
     return None, warning
 
 
+def resolve_certificate(settings: TraceExt) -> str | None:
+    """The CA bundle to trust for the endpoint: the setting, else the OpenTelemetry variables."""
+    path = settings.certificate or env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
+    return os.path.expanduser(path) if path else None
+
+
 def environment_fingerprint() -> tuple[str | None, ...]:
     """The environment variables that decide the destination (to notice changes)."""
     return tuple(
@@ -97,5 +103,7 @@ def environment_fingerprint() -> tuple[str | None, ...]:
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
         )
     )

@@ -33,15 +33,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from ._capture import truncate
 
 __all__ = [
-    "OriginCache",
-    "SpanRecord",
-    "attributes_to_dict",
-    "build_request",
-    "clean_text",
-    "decode_span",
-    "encode_span",
-    "parse_response",
-    "to_json",
+    "OriginCache", "SpanRecord", "attributes_to_dict", "build_request", "clean_text", "decode_span",
+    "encode_span", "parse_response", "to_json",
 ]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

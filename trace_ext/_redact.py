@@ -79,6 +79,14 @@ class Redactor:
             text = regex.sub(MARK, text)
         return text
 
+    def finds(self, value: Any) -> bool:
+        """Whether ``value`` (text, or a sequence of values) holds something to redact."""
+        if isinstance(value, str):
+            return any(regex.search(value) for regex in self._regexes)
+        if isinstance(value, (tuple, list)):
+            return any(self.finds(v) for v in value)
+        return False
+
     def value(self, value: Any) -> Any:
         """An attribute value with its strings redacted (sequences item by item)."""
         if isinstance(value, str):
@@ -114,7 +122,13 @@ def _redact_mapping(attributes: Mapping[str, Any] | None, redactor: Redactor) ->
 
 def redacted_span(span, redactor: Redactor):
     """``span`` itself when there is nothing to redact, else a redacted view of it."""
-    return _RedactedSpan(span, redactor) if redactor else span
+    if not redactor:
+        return span
+    # Most spans hold no secret: look first, and copy only those that do.
+    texts = [span.name, span.status.description, *(span.attributes or {}).values()]
+    for event in span.events:
+        texts += [event.name, *(event.attributes or {}).values()]
+    return _RedactedSpan(span, redactor) if any(redactor.finds(t) for t in texts) else span
 
 
 class RedactingFilter(logging.Filter):

@@ -16,12 +16,15 @@ import time
 from typing import Callable
 
 import httpx
+from opentelemetry import context as otel_context
 
-from ._export import SPLIT, Failed, Retry, Sent, SenderConfig, encode_body, export
+from ._export import SPLIT, Failed, Outcome, Retry, Sent, SenderConfig, TooLarge
+from ._export import encode_batch, export, new_client
+from ._oversize import deliver_shrunk
 from ._status import DeliveryReport, DeliveryStatus
 from ._store import Claimed, SpanStore
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "backoff_delay"]
 
 log = logging.getLogger("trace_ext")
 
@@ -29,6 +32,11 @@ BACKOFF_BASE = 1.0  # seconds before the first retry
 BACKOFF_CAP = 30.0  # seconds: retries never space out further than this
 POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
 CHECKPOINT_INTERVAL = 2.0  # seconds between write-ahead-log checkpoints
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (from 0): doubling to the cap; jitter keeps kernels out of step."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 32)) * random.uniform(0.5, 1.0)
 
 
 class Sender:
@@ -49,6 +57,7 @@ class Sender:
         self._spill_now = False
         self._attempt = 0
         self._retry_at = 0.0  # epoch seconds; no request before it
+        self._server_wait_until = 0.0  # epoch seconds: the server's own Retry-After
         self._deadline: float | None = None  # monotonic; set while shutting down
         self._in_flight: list[int] = []  # store ids of the request being sent
         self._checkpointed = 0.0  # monotonic time of the last checkpoint
@@ -71,7 +80,7 @@ class Sender:
         if config == self._config:
             return
         self._config = config
-        self._attempt, self._retry_at = 0, 0.0
+        self._attempt, self._retry_at, self._server_wait_until = 0, 0.0, 0.0
         self._flush_now = True
         self._wake.set()
 
@@ -89,8 +98,10 @@ class Sender:
         config = self._config
         deadline = time.monotonic() + max(timeout, 0.0)
         if config is not None and self._thread is not None and self._thread.is_alive():
-            # Wake the sender, but don't jump a backoff: a server that asked for
-            # time (Retry-After) gets it, whoever is waiting.
+            # Someone is waiting: try now rather than when our own backoff ends
+            # (the backend may be back), but a server that asked for time
+            # (Retry-After) still gets it.
+            self._retry_at = min(self._retry_at, self._server_wait_until)
             self._wake.set()
             with self._progress:
                 while self._store.pending() and time.monotonic() < deadline:
@@ -114,15 +125,13 @@ class Sender:
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # A request in flight is bounded by the deadline too (see _post), so
-            # this join is short; if it isn't, the daemon thread dies with the process.
+            # A request in flight is bounded by the deadline too (see _post); if the
+            # thread still isn't done, it dies with the process.
             thread.join(max(self._deadline - time.monotonic(), 0.0) + 0.5)
             in_flight = list(self._in_flight)
             if thread.is_alive() and in_flight:
-                # We stop waiting for that request, so give its spans back now
-                # rather than when the lease runs out: the next kernel sends them
-                # at once. (If the server did take them, that's a re-send, which
-                # at-least-once delivery allows.)
+                # Give that request's spans back now, not when the lease ends, so the
+                # next kernel sends them at once (a re-send, if the server kept them).
                 self._store.release(in_flight)
         self._status.state = "stopped"
         return report
@@ -134,11 +143,12 @@ class Sender:
 
     def _wait_time(self) -> float:
         until_retry = self._retry_at - time.time()
-        if until_retry > 0:
-            return min(until_retry, POLL_INTERVAL)
-        return POLL_INTERVAL
+        return min(until_retry, POLL_INTERVAL) if until_retry > 0 else POLL_INTERVAL
 
     def _run(self) -> None:
+        # Whatever context the thread was started in (a traced cell's, say), the
+        # sender's own work belongs to no trace.
+        otel_context.attach(otel_context.Context())
         while not self._stopping:
             self._wake.wait(self._wait_time())
             self._wake.clear()
@@ -189,10 +199,13 @@ class Sender:
                 return
 
     def _schedule_retry(self, retry: Retry) -> None:
-        backoff = min(BACKOFF_CAP, BACKOFF_BASE * 2**self._attempt) * random.uniform(0.5, 1.0)
+        backoff = backoff_delay(self._attempt)
         self._attempt += 1
-        delay = retry.delay if retry.delay is not None else backoff
+        # Never sooner than the server asked, nor sooner than our backoff: a
+        # "Retry-After: 0" answered to everything must not become a busy loop.
+        delay = backoff if retry.delay is None else max(retry.delay, backoff)
         self._retry_at = time.time() + delay
+        self._server_wait_until = time.time() + (retry.delay or 0.0)
         with self._status.lock, self._status.hold_trait_notifications():
             self._status.state = "paused" if retry.auth else "retrying"
             self._status.last_error = retry.reason
@@ -205,11 +218,17 @@ class Sender:
             self._status.pending = self._store.pending()
 
     def _deliver(self, config: SenderConfig, batch: list[Claimed]) -> Retry | None:
-        """Send a batch, halving it on 413/400 to isolate what the server refuses."""
+        """Send a batch, halving it on 413/400 to isolate what the server refuses; a lone 413 span is cut down."""
         parts = [batch]
         while parts:
             part = parts.pop()
             outcome = self._post(config, part)
+            if isinstance(outcome, TooLarge):  # one span over the server's limit: cut it down
+                resend = lambda shrunk, note: self._post(config, [shrunk], note)  # noqa: E731
+                outcome = deliver_shrunk(resend, part[0], outcome)
+                if isinstance(outcome, Failed):
+                    self._record_failed([part[0].id], outcome.reason)
+                    continue
             if outcome is SPLIT:
                 middle = len(part) // 2
                 parts += [part[middle:], part[:middle]]
@@ -222,8 +241,7 @@ class Sender:
     def _client_for_config(self, config: SenderConfig) -> httpx.Client:
         if self._client is None or self._client_for != config:
             self._close_client()
-            self._client = httpx.Client(headers={"User-Agent": _user_agent()})
-            self._client_for = config
+            self._client, self._client_for = new_client(config), config
         return self._client
 
     def _close_client(self) -> None:
@@ -231,13 +249,13 @@ class Sender:
         if client is not None:
             client.close()
 
-    def _post(self, config: SenderConfig, batch: list[Claimed]) -> Retry | str | None:
-        """One request. Marks the batch's spans, or returns SPLIT or a Retry."""
-        origins = self._store.origins(span.origin for span in batch)
-        groups: dict[int, list[bytes]] = {}
-        for span in batch:
-            groups.setdefault(span.origin, []).append(span.payload)
-        body, headers = encode_body(config, ((*origins[o], p) for o, p in groups.items()))
+    def _post(self, config: SenderConfig, batch: list[Claimed], note: str | None = None) -> Outcome | None:
+        """One request. Marks the batch's spans (sent: with ``note``), or returns SPLIT, TooLarge or Retry."""
+        try:
+            client = self._client_for_config(config)
+        except ValueError as exc:
+            return Retry(None, str(exc))
+        body, headers = encode_batch(config, self._store.origins(span.origin for span in batch), batch)
         timeout = config.export_timeout
         if self._deadline is not None:
             timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
@@ -245,35 +263,38 @@ class Sender:
         ids = [span.id for span in batch]
         self._in_flight = ids
         try:
-            outcome = export(self._client_for_config(config), config, body, headers, len(ids), timeout)
+            outcome = export(client, config, body, headers, len(ids), timeout)
         finally:
             self._in_flight = []
         if isinstance(outcome, Sent):
-            host = config.destination.host
-            note = None
-            if outcome.rejected:
-                note = f"{host} rejected {outcome.rejected} of {len(ids)} spans in this request: {outcome.message}"
-            self._store.mark_sent(ids, note)
-            with self._status.lock, self._status.hold_trait_notifications():
-                self._status.add(sent=len(ids) - outcome.rejected, failed=outcome.rejected)
-                self._status.last_delivery = time.time()
-                if self._delivery_trouble:  # recovered: don't keep showing the old problem
-                    self._status.last_error = ""
-                self._delivery_trouble = bool(note)
-                if note:
-                    self._status.last_error = note + "."
+            self._record_sent(config, ids, outcome, note)
             return None
         if isinstance(outcome, Failed):
-            self._store.mark_failed(ids, outcome.reason)
-            with self._status.lock, self._status.hold_trait_notifications():
-                self._status.add(failed=len(ids))
-                self._status.last_error = outcome.reason
-                self._delivery_trouble = True
+            self._record_failed(ids, outcome.reason)
             return None
         return outcome
 
+    def _record_sent(self, config: SenderConfig, ids: list[int], outcome: Sent, note: str | None) -> None:
+        rejected = None
+        if outcome.rejected:
+            rejected = (
+                f"{config.destination.host} rejected {outcome.rejected} of {len(ids)} spans "
+                f"in this request: {outcome.message}"
+            )
+        self._store.mark_sent(ids, "; ".join(filter(None, [note, rejected])) or None)
+        with self._status.lock, self._status.hold_trait_notifications():
+            self._status.add(sent=len(ids) - outcome.rejected, failed=outcome.rejected)
+            self._status.last_delivery = time.time()
+            if self._delivery_trouble:  # recovered: don't keep showing the old problem
+                self._status.last_error = ""
+            self._delivery_trouble = bool(rejected)
+            if rejected:
+                self._status.last_error = rejected + "."
 
-def _user_agent() -> str:
-    from . import __version__
-
-    return f"trace_ext/{__version__}"
+    def _record_failed(self, ids: list[int], reason: str) -> None:
+        self._store.mark_failed(ids, reason)
+        with self._status.lock, self._status.hold_trait_notifications():
+            self._status.add(failed=len(ids))
+            self._status.last_error = reason
+            # Lasting: later successes must not wipe the one explanation of "failed".
+            self._delivery_trouble = False

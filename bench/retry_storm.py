@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""How trace_ext's sender behaves against a backend that answers 503 to everything, next to the OpenTelemetry SDK.
+
+Run from the repository root::
+
+    python bench/retry_storm.py                 # 60 s (the default)
+    python bench/retry_storm.py --duration 20
+
+Two loopback ``OtlpReceiver``s on 127.0.0.1 answer every export with HTTP 503
+for the whole run. Both exporters see the same "notebook": a cell of
+``--spans-per-cell`` spans every ``--cell-every`` seconds.
+
+- trace_ext: a real ``Sender`` over a SQLite store in a temp dir; after every
+  cell the spans are appended to the store and the sender is woken, exactly
+  as the post-cell hook does.
+- peer: the OpenTelemetry SDK's ``BatchSpanProcessor(OTLPSpanExporter(...))``
+  (opentelemetry-exporter-otlp-proto-http), the exporter wrapped only to count
+  which batches it gave up on.
+
+The table counts the requests each receiver saw and the intervals between
+them, and where the spans are at the end: delivered (none can be), kept for
+later, or dropped. Nothing leaves the machine and the run ends by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from _machine import machine_line, version  # noqa: E402 - bench/ is on sys.path when a script runs
+
+
+def _intervals(receiver, until: float) -> list[float]:
+    """Seconds between consecutive requests received before ``until`` (monotonic)."""
+    times = [r.received_at for r in receiver.requests if r.received_at <= until]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def _gap_cells(gaps: list[float]) -> str:
+    if not gaps:
+        return "– | – | –"
+    return f"{min(gaps):.2f} | {statistics.median(gaps):.2f} | {max(gaps):.2f}"
+
+
+class CountingExporter:
+    """Passes batches to the real exporter and counts the ones it reports as failed (dropped)."""
+
+    def __init__(self, exporter) -> None:
+        self.exporter = exporter
+        self.exported = self.dropped = 0
+
+    def export(self, spans):
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        result = self.exporter.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.dropped += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+def _make_cell(tracer, cell: int, spans: int) -> None:
+    with tracer.start_as_current_span("cell", attributes={"bench.cell": cell}):
+        for i in range(spans - 1):
+            tracer.start_span("llm.call", attributes={"bench.child": i, "input.value": "x" * 200}).end()
+
+
+def run(duration: float, cell_every: float, spans_per_cell: int, workdir: str) -> tuple[list[str], list[str]]:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from tests.otlp_receiver import OtlpReceiver, Respond
+    from trace_ext._destination import Destination
+    from trace_ext._export import SenderConfig
+    from trace_ext._processor import BufferingSpanProcessor
+    from trace_ext._sender import Sender
+    from trace_ext._status import DeliveryStatus
+    from trace_ext._store import PENDING, SpanStore
+
+    resource = Resource.create({"service.name": "retry-storm"})
+    ours_rx, peer_rx = OtlpReceiver().start(), OtlpReceiver().start()
+    ours_rx.default = peer_rx.default = Respond(503, body="overloaded")
+
+    store = SpanStore(os.path.join(workdir, "spans.sqlite3"))
+    status = DeliveryStatus()
+    sender = Sender(store, status, lambda: None)
+    sender.configure(SenderConfig(Destination(ours_rx.url, "bench", {})))
+    buffering = BufferingSpanProcessor()
+    ours = TracerProvider(resource=resource, shutdown_on_exit=False)
+    ours.add_span_processor(buffering)
+    buffering.activate(32_768, lambda: None, lambda: None)
+
+    counting = CountingExporter(OTLPSpanExporter(endpoint=peer_rx.url))
+    batch = BatchSpanProcessor(counting)
+    peer = TracerProvider(resource=resource, shutdown_on_exit=False)
+    peer.add_span_processor(batch)
+
+    sender.start()
+    start = time.monotonic()
+    cells, tick = 0, threading.Event()
+    while time.monotonic() - start < duration:
+        _make_cell(ours.get_tracer("bench"), cells, spans_per_cell)
+        store.append(buffering.drain(), PENDING)
+        sender.wake()  # what the post-cell hook does
+        _make_cell(peer.get_tracer("bench"), cells, spans_per_cell)
+        cells += 1
+        tick.wait(max(0.0, min(start + cells * cell_every, start + duration) - time.monotonic()))
+    end = time.monotonic()
+
+    produced = cells * spans_per_cell
+    counts = store.counts()
+    ours_gaps, peer_gaps = _intervals(ours_rx, end), _intervals(peer_rx, end)
+    ours_requests = sum(r.received_at <= end for r in ours_rx.requests)
+    peer_requests = sum(r.received_at <= end for r in peer_rx.requests)
+    peer_memory = produced - counting.exported - counting.dropped
+
+    sender.shutdown(0.5)
+    store.close()
+    # The peer may be inside its own retry loop; shut it down without waiting on it.
+    threading.Thread(target=peer.shutdown, daemon=True).start()
+    ours_rx.stop()
+    peer_rx.stop()
+
+    rows = [
+        "| exporter | requests | interval min s | median s | max s | spans produced | delivered "
+        "| kept for later | only in memory | dropped |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| trace_ext Sender | {ours_requests} | {_gap_cells(ours_gaps)} | {produced} | {counts.sent} "
+        f"| {counts.pending} (SQLite) | 0 | {counts.failed} |",
+        f"| OTel SDK BatchSpanProcessor + OTLPSpanExporter | {peer_requests} | {_gap_cells(peer_gaps)} "
+        f"| {produced} | {counting.exported} | 0 | {peer_memory} | {counting.dropped} |",
+    ]
+    notes = [
+        "trace_ext intervals, in order (s): " + ", ".join(f"{g:.1f}" for g in ours_gaps),
+        "peer intervals, in order (s): " + ", ".join(f"{g:.1f}" for g in peer_gaps),
+        f"trace_ext's last status: {status.last_error}",
+    ]
+    return rows, notes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of 503s (default 60)")
+    parser.add_argument("--cell-every", type=float, default=5.0, help="seconds between cells (default 5)")
+    parser.add_argument("--spans-per-cell", type=int, default=10, help="spans each cell makes (default 10)")
+    args = parser.parse_args()
+    if args.duration <= 0 or args.cell_every <= 0 or args.spans_per_cell < 1:
+        parser.error("--duration and --cell-every must be positive, --spans-per-cell at least 1")
+
+    # Only loopback receivers: no destination may leak in from the shell's environment.
+    for name in list(os.environ):
+        if name.startswith(("OTEL_EXPORTER_OTLP_", "LANGFUSE_")):
+            del os.environ[name]
+    # The peer logs a warning per failed export; the table says the same, once.
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+
+    import trace_ext
+
+    print("# trace_ext retry storm: every export answered HTTP 503\n")
+    print(machine_line())
+    print(f"- Python {platform.python_version()}")
+    print(
+        f"- trace_ext {trace_ext.__version__}, httpx {version('httpx')}, opentelemetry-sdk "
+        f"{version('opentelemetry-sdk')}, opentelemetry-exporter-otlp-proto-http "
+        f"{version('opentelemetry-exporter-otlp-proto-http')}"
+    )
+    print(
+        f"- {args.duration:g} s; a cell of {args.spans_per_cell} spans every {args.cell_every:g} s for each "
+        "exporter; two loopback OtlpReceivers on 127.0.0.1 answering 503 to everything"
+    )
+    print()
+    sys.stdout.flush()
+
+    workdir = tempfile.mkdtemp(prefix="trace_ext-storm-")
+    try:
+        rows, notes = run(args.duration, args.cell_every, args.spans_per_cell, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(rows))
+    print()
+    for note in notes:
+        print(f"- {note}")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
