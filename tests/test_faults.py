@@ -138,11 +138,9 @@ def test_backend_down_for_20_cells_then_up_delivers_each_span_once(start_kernel,
     assert f"Could not reach 127.0.0.1:{receiver.port}" in text and "40 pending" in text, text
 
     receiver.start()  # same port
-    # The sender is backing off (1 s doubling); a new cell wakes it but doesn't jump the
-    # backoff. Pointing trace_ext at the backend explicitly is a new destination
-    # (TraceExt.endpoint rather than the environment), which resets the backoff.
-    kernel.ok(f"%config TraceExt.endpoint = {receiver.url!r}")
-    flushed(kernel, 30)
+    # The sender is backing off; asking for a flush tries at once instead of waiting it out.
+    out = flushed(kernel, 10)
+    assert out.startswith("Sent 40 spans"), out
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=40)
     names = Counter(s.name for s in receiver.spans)
     assert names == Counter([f"down-{i}" for i in range(20)] + [f"inner-down-{i}" for i in range(20)])
@@ -277,20 +275,27 @@ def test_connection_reset_mid_request_is_retried_and_delivered_once(start_kernel
 
 
 def test_spans_of_a_killed_kernel_are_delivered_by_the_next_one(start_kernel, receiver, store_path):
-    receiver.stop()
+    receiver.default = Hang(60)  # the kernel dies with a request in flight: its batch is leased
     kernel = traced_kernel(start_kernel, receiver)
     kernel.ok(CELL.format(name="before-kill-1"))
+    assert receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout=20)
     last = kernel.ok(CELL.format(name="before-kill-2").replace("'done'", "import json; print(json.dumps(_ids))"))
     os.kill(kernel.pid(), signal.SIGKILL)  # right after the cell replied
     produced = json.loads(last.stdout)
     assert len(produced) == 4
     kernel.km.provisioner.process.wait(timeout=10)
     assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)
+    conn = sqlite3.connect(str(store_path))
+    try:
+        leased = conn.execute("SELECT COUNT(*) FROM spans WHERE lease_until > ?", (time.time() + 5,)).fetchone()[0]
+    finally:
+        conn.close()
+    assert leased >= 2, "the killed kernel held no lease"
 
-    receiver.start()
+    receiver.default = None
     again = traced_kernel(start_kernel, receiver)
-    # A batch the dead kernel had claimed stays leased for at most 30 s; allow for that.
-    flushed(again, 45)
+    # The dead kernel's lease is taken over at once (its process is gone), not when it runs out.
+    flushed(again, 10)
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
 
 

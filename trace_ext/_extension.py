@@ -7,51 +7,33 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import sqlite3
-import sys
 import time
 import uuid
 
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from . import __version__
+from . import __version__, _threads
 from ._cells import CellTracer, strip_trace_line
-from ._destination import environment_fingerprint, resolve_destination
-from ._export import SenderConfig
+from ._destination import environment_fingerprint
+from ._export import SENDER_SETTINGS, sender_config
+from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._magics import TraceMagics, wrap_config_magic
 from ._processor import attach_processor
-from ._redact import RedactingFilter, Redactor, secrets_of
+from ._redact import Redactor, secrets_of
 from ._sender import Sender
 from ._status import DeliveryReport, DeliveryStatus
 from ._store import LOCAL, PENDING, open_store
+from ._store_watch import StoreWatch
 from ._view import TraceView
 from ._widget import StatusDisplay, in_a_cell
-from .config import SettingError, settings_from
+from .config import settings_from
 
 __all__ = ["Extension", "active", "load", "unload"]
 
-log = logging.getLogger("trace_ext")
 _ACTIVE: dict[int, "Extension"] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
-_LOG_FILTER = RedactingFilter()  # secrets never reach the kernel's log either
-
-_SENDER_SETTINGS = {"endpoint", "headers", "protocol", "compression", "export_timeout",
-                    "max_batch_spans", "max_batch_bytes"}
-
-
-def _log_to_process_stderr() -> None:
-    # Our warnings go to the kernel's own stderr (the server log), never into
-    # the user's cell, even when the user configured the root logger.
-    if not any(getattr(h, "_trace_ext", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.__stderr__)
-        handler.setFormatter(logging.Formatter("[trace_ext] %(levelname)s %(message)s"))
-        handler._trace_ext = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-        log.addFilter(_LOG_FILTER)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 class Extension:
@@ -70,13 +52,15 @@ class Extension:
         self._env = environment_fingerprint()
         self._tracer = None
         self._destination = None
+        self._store_watch = StoreWatch(self.status)
 
     # -- lifecycle ----------------------------------------------------------
 
     def load(self) -> None:
-        _log_to_process_stderr()
+        log_to_process_stderr()
         shell, s = self.shell, self.settings
-        self.store = open_store(s.store_path)
+        self.store = open_store(s.store_path, fallback=True)  # unwritable: in memory, with a warning
+        self._store_watch.watch(self.store, self.settings)
         self.status.store_path = s.store_path
         counts = self.store.counts()
         self.status.local, self.status.pending = counts.local, counts.pending
@@ -88,6 +72,8 @@ class Extension:
         self.processor.activate(s.max_attribute_length, self.sender.request_spill, self.commit)
         self._apply_destination()
         self.sender.start()
+        # Spans from threads and executor tasks a cell starts nest under the cell.
+        _threads.install()
         self.cells = CellTracer(self.tracer, s, self.session_id)
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
@@ -115,6 +101,7 @@ class Extension:
             shell.input_transformers_cleanup.remove(strip_trace_line)
         shell.events.unregister("post_run_cell", self._post_run_cell)
         shell.events.unregister("pre_run_cell", self._pre_run_cell)
+        _threads.uninstall()
         self.cells.end_open_span("trace_ext was unloaded while the cell ran.")
         self.commit()
         self.processor.deactivate()
@@ -175,8 +162,9 @@ class Extension:
             return
         sending = self.sender.config is not None
         try:
-            self.store.append(records, PENDING if sending else LOCAL)
-        except sqlite3.Error as exc:
+            # On a store file that can't be written, this goes to memory instead.
+            stored = self.store.append(records, PENDING if sending else LOCAL)
+        except (sqlite3.Error, OSError) as exc:
             self.processor.put_back(records)
             self.status.last_error = (
                 f"Could not save {len(records)} spans to {self.store.path} ({exc}); "
@@ -185,22 +173,12 @@ class Extension:
             return
         with self.status.lock:
             if sending:
-                self.status.pending += len(records)
+                self.status.pending += stored
             else:
-                self.status.local += len(records)
+                self.status.local += stored
 
     def _apply_destination(self) -> None:
-        s = self.settings
-        try:
-            destination, warning = resolve_destination(s)
-        except SettingError as exc:
-            destination, warning = None, str(exc)
-        config = None
-        if destination is not None:
-            config = SenderConfig(
-                destination, s.protocol, s.compression, s.export_timeout,
-                s.max_batch_spans, s.max_batch_bytes,
-            )
+        config, destination, warning = sender_config(self.settings)
         self._destination = destination
         self._update_redactor()
         with self.status.lock, self.status.hold_trait_notifications():
@@ -215,7 +193,7 @@ class Extension:
 
     def _on_setting(self, change) -> None:
         name = change["name"]
-        if name in _SENDER_SETTINGS:
+        if name in SENDER_SETTINGS:
             self._apply_destination()
         elif name == "redact":
             self._update_redactor()
@@ -225,6 +203,8 @@ class Extension:
             self.sender.periodic = not change["new"]
         elif name == "store_path":
             self._switch_store(change)
+        elif name in ("retention_days", "retention_mb"):
+            self._store_watch.apply_retention(self.settings)
         elif name == "widget":
             if change["new"]:
                 display(self.status_display())
@@ -239,7 +219,7 @@ class Extension:
         redactor = Redactor(self.settings.redact, secrets_of(headers))
         self.processor.set_redactor(redactor)
         self.status.redactor = redactor
-        _LOG_FILTER.redactor = redactor
+        LOG_FILTER.redactor = redactor
 
     def _switch_store(self, change) -> None:
         try:
@@ -253,6 +233,7 @@ class Extension:
         self.sender.shutdown(min(self.settings.shutdown_timeout, 1.0))
         self.store.close()
         self.store, path = store, change["new"]
+        self._store_watch.watch(store, self.settings)
         counts = self.store.counts()
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.store_path = path

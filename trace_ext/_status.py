@@ -24,13 +24,16 @@ class DeliveryStatus(HasTraits):
     store_path = Unicode("")
     last_delivery = Float(None, allow_none=True, help="epoch seconds of the last 2xx")
     last_error = Unicode("", help="the last problem, in one sentence")
+    store_warning = Unicode("", help="what is wrong with the local store while it lasts (in memory, over its cap)")
+    in_memory = Int(0, help="spans kept in memory only, because the store's file can't be written")
+    dropped = Int(0, help="spans that could be kept nowhere (memory limit reached while the store was unwritable)")
 
     def __init__(self, **kwargs) -> None:
+        self.redactor = lambda text: text  # set by the extension: secrets never reach a display
         super().__init__(**kwargs)
         # Traits are written by the sender thread and the cell's thread; a lock
         # keeps read-modify-write updates (counters) whole.
         self.lock = threading.RLock()
-        self.redactor = lambda text: text  # set by the extension: secrets never reach a display
 
     @validate("last_error")
     def _redacted(self, proposal) -> str:

@@ -40,7 +40,9 @@ def status_text(s: DeliveryStatus) -> str:
         text = f"trace_ext: {_headline(s)}"
         if s.state in ("retrying", "paused", "stopped"):
             text += f" [{s.state}]"
-        if s.last_error:
+        if s.store_warning:
+            text += f"\n  store: {s.store_warning}"
+        if s.last_error and s.last_error != s.store_warning:
             text += f"\n  last error: {s.last_error}"
     return text
 
@@ -50,8 +52,11 @@ def status_html(s: DeliveryStatus) -> str:
         head = html.escape(_headline(s))
         state = f" <em>({html.escape(s.state)})</em>" if s.state in ("retrying", "paused", "stopped") else ""
         error = (
-            f'<br><span style="color:#b00020">{html.escape(s.last_error)}</span>' if s.last_error else ""
+            f'<br><span style="color:#b00020">{html.escape(s.last_error)}</span>'
+            if s.last_error and s.last_error != s.store_warning else ""
         )
+        if s.store_warning:
+            error = f'<br><span style="color:#b36b00">{html.escape(s.store_warning)}</span>' + error
     return f"<span><b>trace_ext</b>: {head}{state}{error}</span>"
 
 

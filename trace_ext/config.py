@@ -44,6 +44,15 @@ def check_url(setting: str, url: str) -> str:
     return url
 
 
+# The smallest value each numeric setting takes, and its unit (for the error message).
+_MINIMUMS = {
+    "shutdown_timeout": (0, "seconds"), "export_timeout": (0.1, "seconds"),
+    "max_batch_spans": (1, "spans"), "max_batch_bytes": (1024, "bytes"),
+    "max_attribute_length": (64, "characters"), "retention_days": (0, "days"),
+    "retention_mb": (0, "megabytes"),
+}
+
+
 class TraceExt(Configurable):
     """Settings of the trace_ext IPython extension."""
 
@@ -65,6 +74,17 @@ class TraceExt(Configurable):
         help="""Extra HTTP headers sent with every export request (for example an
         Authorization header). Added on top of the headers that come with the
         endpoint's environment variables. Values are never displayed or logged.""",
+    ).tag(config=True)
+
+    certificate = Unicode(
+        None,
+        allow_none=True,
+        help="""Path of a CA bundle (PEM) to trust for an https:// endpoint whose
+        certificate is not signed by a public CA (a self-signed or company CA).
+        None (the default) falls back to OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+        then OTEL_EXPORTER_OTLP_CERTIFICATE, else the usual public CAs are
+        trusted. When set, only the CAs in that bundle are trusted.
+        Certificates are always verified.""",
     ).tag(config=True)
 
     protocol = Unicode(
@@ -151,6 +171,24 @@ class TraceExt(Configurable):
         (or where widgets can't render) `%trace status` prints a text status.""",
     ).tag(config=True)
 
+    retention_days = Float(
+        7.0,
+        allow_none=True,
+        help="""Days a span is kept in the local store after it was delivered
+        (fractions allowed: 0.5 is 12 hours). 0 or None keeps delivered spans
+        forever. Spans not yet delivered (pending, stored locally, failed) are
+        never deleted.""",
+    ).tag(config=True)
+
+    retention_mb = Float(
+        None,
+        allow_none=True,
+        help="""Size cap of the local store, in megabytes (2**20 bytes). Past it,
+        the oldest delivered spans are deleted first. Spans not yet delivered are
+        never deleted: if they alone take more, the status says the store is over
+        its cap. 0 or None (the default): no cap.""",
+    ).tag(config=True)
+
     @default("store_path")
     def _default_store_path(self) -> str:
         configured = env("TRACE_EXT_STORE_PATH")
@@ -176,6 +214,18 @@ class TraceExt(Configurable):
         if value is None or value == "":
             return None
         return check_url("TraceExt.endpoint", value.strip())
+
+    @validate("certificate")
+    def _valid_certificate(self, proposal):
+        value = (proposal["value"] or "").strip()
+        if not value:
+            return None
+        path = os.path.expanduser(value)
+        if not os.path.exists(path):
+            raise SettingError(
+                f"TraceExt.certificate must be the path of a PEM CA bundle; there is no file at {path!r}."
+            )
+        return path
 
     @validate("headers")
     def _valid_headers(self, proposal):
@@ -209,25 +259,13 @@ class TraceExt(Configurable):
             raise SettingError("TraceExt.store_path must be a file path, not an empty string.")
         return os.path.expanduser(value)
 
-    @validate("shutdown_timeout")
-    def _valid_shutdown_timeout(self, proposal):
-        return _at_least("TraceExt.shutdown_timeout", proposal["value"], 0, "seconds")
-
-    @validate("export_timeout")
-    def _valid_export_timeout(self, proposal):
-        return _at_least("TraceExt.export_timeout", proposal["value"], 0.1, "seconds")
-
-    @validate("max_batch_spans")
-    def _valid_max_batch_spans(self, proposal):
-        return _at_least("TraceExt.max_batch_spans", proposal["value"], 1, "spans")
-
-    @validate("max_batch_bytes")
-    def _valid_max_batch_bytes(self, proposal):
-        return _at_least("TraceExt.max_batch_bytes", proposal["value"], 1024, "bytes")
-
-    @validate("max_attribute_length")
-    def _valid_max_attribute_length(self, proposal):
-        return _at_least("TraceExt.max_attribute_length", proposal["value"], 64, "characters")
+    @validate(*_MINIMUMS)
+    def _valid_minimum(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value is None:  # only traits that allow None get here with it
+            return None
+        minimum, unit = _MINIMUMS[name]
+        return _at_least(f"TraceExt.{name}", value, minimum, unit)
 
 
 def settings_from(section: Mapping) -> tuple[TraceExt, list[str]]:
