@@ -59,6 +59,35 @@ def store(store_path):
     store.close()
 
 
+@pytest.fixture
+def status():
+    from trace_ext._status import DeliveryStatus
+
+    return DeliveryStatus()
+
+
+@pytest.fixture
+def sender(store, status):
+    """start(url, **SenderConfig options) -> a running Sender over the test's store; all are shut down."""
+    from trace_ext._destination import Destination
+    from trace_ext._export import SenderConfig
+    from trace_ext._sender import Sender
+
+    senders = []
+
+    def start(url: str, **options) -> Sender:
+        headers = options.pop("headers", {})
+        s = Sender(store, status, lambda: None)
+        s.configure(SenderConfig(Destination(url, "test", headers), **options))
+        s.start()
+        senders.append(s)
+        return s
+
+    yield start
+    for s in senders:
+        s.shutdown(1.0)
+
+
 def recording_tracer(service: str, attribute_limit: int = 1_000_000):
     """``(processor, tracer)``: a real SDK tracer whose ended spans trace_ext's processor
     encodes into its buffer (``processor.drain()`` returns them as store records)."""

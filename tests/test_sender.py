@@ -7,8 +7,6 @@ import time
 import pytest
 
 from trace_ext._export import SenderConfig
-from trace_ext._sender import Sender
-from trace_ext._status import DeliveryStatus
 from trace_ext._store import PENDING
 from trace_ext._destination import Destination
 
@@ -29,28 +27,6 @@ def make_spans(store):
         return names
 
     return make
-
-
-@pytest.fixture
-def status():
-    return DeliveryStatus()
-
-
-@pytest.fixture
-def sender(store, status):
-    senders = []
-
-    def start(url: str, **options) -> Sender:
-        headers = options.pop("headers", {})
-        s = Sender(store, status, lambda: None)
-        s.configure(SenderConfig(Destination(url, "test", headers), **options))
-        s.start()
-        senders.append(s)
-        return s
-
-    yield start
-    for s in senders:
-        s.shutdown(1.0)
 
 
 def test_delivers_protobuf_gzip_and_marks_sent(receiver, store, make_spans, sender):

@@ -23,7 +23,6 @@ from trace_ext._export import Retry, SenderConfig
 from trace_ext._otlp import decode_span
 from trace_ext._oversize import FLOOR, MAX_TRIES, shrink_limits, shrink_span
 from trace_ext._sender import BACKOFF_CAP, Sender, backoff_delay
-from trace_ext._status import DeliveryStatus
 from trace_ext._store import FAILED, PENDING, SENT
 from trace_ext.config import SettingError, TraceExt
 
@@ -57,27 +56,6 @@ def produced(store):
             return [r.span_id for r in records]
 
     return Produced()
-
-
-@pytest.fixture
-def status():
-    return DeliveryStatus()
-
-
-@pytest.fixture
-def sender(store, status):
-    senders = []
-
-    def start(url: str, **options) -> Sender:
-        s = Sender(store, status, lambda: None)
-        s.configure(SenderConfig(Destination(url, "test", {}), **options))
-        s.start()
-        senders.append(s)
-        return s
-
-    yield start
-    for s in senders:
-        s.shutdown(1.0)
 
 
 @pytest.fixture
