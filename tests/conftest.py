@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +144,18 @@ def receiver():
 
     with OtlpReceiver() as rx:
         yield rx
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False), for
+    state with no event to wait on: another thread's status, a file another process writes."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(0.05)
+    return True
 
 
 def require(condition: bool, reason: str) -> None:

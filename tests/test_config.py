@@ -90,3 +90,18 @@ def test_invalid_values_are_setting_errors_that_are_usage_errors():
 def test_every_setting_has_help_with_units_or_choices():
     for name, trait in TraceExt.class_traits(config=True).items():
         assert trait.help and len(trait.help) > 20, name
+
+
+def test_other_config_lines_still_expand_variables_from_the_callers_frame(loaded):
+    # trace_ext wraps %config and takes TraceExt lines as written; every other
+    # line must see {var} expanded as IPython does, from the frame that ran it.
+    timeout = "get_ipython().Completer.jedi_compute_type_timeout"
+    loaded.ok("ms = 71\n%config IPCompleter.jedi_compute_type_timeout = {ms}")
+    assert loaded.value(timeout) == 71
+    loaded.ok(
+        "def shorter():\n"
+        "    line = 33  # also the name of a local in trace_ext's wrapper\n"
+        "    get_ipython().run_line_magic('config', 'IPCompleter.jedi_compute_type_timeout = {line}')\n"
+        "shorter()"
+    )
+    assert loaded.value(timeout) == 33

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import ssl
-import threading
 import time
 from collections import defaultdict
 
@@ -26,7 +25,7 @@ from trace_ext._sender import BACKOFF_CAP, Sender, backoff_delay
 from trace_ext._store import FAILED, PENDING, SENT
 from trace_ext.config import SettingError, TraceExt
 
-from .conftest import recording_tracer, require
+from .conftest import recording_tracer, require, wait_until
 from .otlp_receiver import OtlpReceiver, Reset, Respond
 
 BIG = 100_000  # characters in an oversized attribute value
@@ -64,17 +63,6 @@ def errors(status):
     seen: list[str] = []
     status.observe(lambda change: change["new"] and seen.append(change["new"]), names="last_error")
     return seen
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (the sender has no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(0.02)
-    return True
 
 
 def states(store) -> dict[str, set[str]]:

@@ -27,7 +27,7 @@ import pytest
 
 from trace_ext._store import LOCAL, MEMORY_IDS, PENDING, SpanStore, open_store
 
-from .conftest import recording_tracer
+from .conftest import recording_tracer, wait_until
 from .otlp_receiver import Respond
 
 # -- helpers ----------------------------------------------------------------
@@ -94,13 +94,6 @@ def tmpfs(request, tmp_path):
     for folder in mounted:
         if not _run("umount", str(folder)):
             _run("umount", "-l", str(folder))
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        time.sleep(0.1)  # polling a file another process writes: nothing to wait on
 
 
 # -- retention ----------------------------------------------------------------
@@ -312,9 +305,9 @@ def test_kernel_with_an_unwritable_store_keeps_working_delivers_and_saves_later(
     assert kernel.value("active().status.in_memory") == 1  # 'waiting': not sent yet
 
     blocker.unlink()  # the folder can be created now: the sender thread writes memory to disk
-    wait_until(lambda: len(rows(path)) == 2, 30, "memory spans written to the store")
+    assert wait_until(lambda: len(rows(path)) == 2, 30), "timed out waiting for memory spans written to the store"
     assert {(s, st) for s, st in rows(path)} >= {(receiver.spans[0].span_id, "sent")}
-    wait_until(lambda: "in memory" not in status_text(kernel), 10, "the warning to clear")
+    assert wait_until(lambda: "in memory" not in status_text(kernel), 10), "timed out waiting for the warning to clear"
     receiver.default = None
     kernel.ok("%%trace on-disk\n3")
     names = {s.name for s in receiver.wait_for_spans(3, timeout=40)}
@@ -355,7 +348,7 @@ def test_retention_is_applied_by_the_sender_thread(start_kernel, receiver, store
     receiver.wait_for_spans(1)
     kernel.ok("%trace flush --timeout 10")
     kernel.ok("%config TraceExt.retention_days = 1e-9")  # ~0.1 ms: anything sent is old enough
-    wait_until(lambda: rows(store_path) == [], 30, "the sender thread to prune the sent span")
+    assert wait_until(lambda: rows(store_path) == [], 30), "timed out waiting for the sender thread to prune the sent span"
     assert set(kernel.value("_prune_threads")) == {"trace_ext-sender"}
 
 
@@ -402,7 +395,7 @@ def test_100k_spans_during_an_outage_stay_on_disk_and_all_arrive_once(start_kern
         finally:
             store.close()
 
-    wait_until(lambda: pending() == total, 30, f"{total} pending spans in the store")
+    assert wait_until(lambda: pending() == total, 30), f"timed out waiting for {total} pending spans in the store"
     after = rss_mb(kernel.pid())
     produced = time.monotonic() - started
     assert after - before < RSS_BOUND_MB, f"RSS grew {after - before:.0f} MB ({before:.0f} -> {after:.0f})"
@@ -464,11 +457,11 @@ def test_kernel_on_a_disk_that_fills_up_keeps_working_and_loses_nothing(start_ke
     kernel.ok("%%trace while-full\n2")
     if filler is not None:
         filler.unlink()
-    wait_until(lambda: "in memory" not in status_text(kernel), 40, "the store to be written again")
+    assert wait_until(lambda: "in memory" not in status_text(kernel), 40), "timed out waiting for the store to be written again"
     assert receiver.wait_for(lambda rx: len(set(rx.span_ids())) >= 1502, 60)
     assert {"before-full", "while-full"} <= {s.name for s in receiver.spans}
     assert len(receiver.span_ids()) == 1502  # each once
-    wait_until(lambda: [state for _, state in rows(path)].count("sent") == 1502, 20, "all marked sent on disk")
+    assert wait_until(lambda: [state for _, state in rows(path)].count("sent") == 1502, 20), "timed out waiting for all marked sent on disk"
 
 
 def test_retention_settings_are_validated_and_zero_or_none_keeps_everything():

@@ -177,7 +177,9 @@ def wrap_config_magic(shell, settings) -> Callable[[], None]:
     def config(line: str = ""):
         match = re.fullmatch(r"\s*TraceExt\.(\w+)\s*=(.*)", line, re.S)
         if match is None:
-            return original(shell.var_expand(line))
+            # Expand {var} as IPython would have: in the frame that ran the magic
+            # (0 is var_expand, 1 this wrapper, 2 run_line_magic, 3 its caller).
+            return original(shell.var_expand(line, depth=2))
         name, expression = match.groups()
         if name not in settings.trait_names(config=True):
             raise UsageError(f"TraceExt has no setting {name!r}; `%config TraceExt` lists them.")
