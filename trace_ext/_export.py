@@ -46,11 +46,17 @@ SENDER_SETTINGS = frozenset({
 })
 
 
-def sender_config(settings) -> tuple[SenderConfig | None, Destination | None, str]:
+def sender_config(
+    settings, followed: Destination | None = None
+) -> tuple[SenderConfig | None, Destination | None, str]:
     """The sender's configuration from the settings and the environment (None: keep spans local),
-    the destination, and a one-sentence warning about a half-configured environment."""
+    the destination, and a one-sentence warning about a half-configured environment.
+    ``followed`` (another SDK's exporter) is used when nothing else is configured."""
     try:
         destination, warning = resolve_destination(settings)
+        if destination is None and followed is not None:
+            extra = dict(settings.headers)
+            destination = Destination(followed.url, followed.source, {**followed.headers, **extra})
     except SettingError as exc:
         return None, None, str(exc)
     if destination is None:

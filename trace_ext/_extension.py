@@ -14,14 +14,14 @@ import uuid
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from . import __version__, _threads
+from . import _threads
 from ._cells import CellTracer, strip_trace_line
 from ._destination import environment_fingerprint
 from ._export import SENDER_SETTINGS, sender_config
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._magics import TraceMagics, wrap_config_magic
-from ._processor import attach_processor
 from ._redact import Redactor, secrets_of
+from ._sdks import Sdks
 from ._sender import Sender
 from ._status import DeliveryReport, DeliveryStatus
 from ._store import LOCAL, PENDING, open_store
@@ -50,7 +50,6 @@ class Extension:
         )
         self._displays: list[StatusDisplay] = []
         self._env = environment_fingerprint()
-        self._tracer = None
         self._destination = None
         self._store_watch = StoreWatch(self.status)
 
@@ -64,9 +63,11 @@ class Extension:
         self.status.store_path = s.store_path
         counts = self.store.counts()
         self.status.local, self.status.pending = counts.local, counts.pending
-        self.processor, self._provider, warning = attach_processor()
-        if warning:
-            self.status.last_error = warning
+        # The global provider is used; with none, ours holds the place (see _providers).
+        self.sdks = Sdks(self.status, self.commit, s.sdk_flush_timeout)
+        if self.sdks.providers.warning:
+            self.status.last_error = self.sdks.providers.warning
+        self.processor = self.sdks.processor
         self.sender = Sender(self.store, self.status, self.commit)
         self.sender.periodic = not s.flush_after_cell
         self.processor.activate(s.max_attribute_length, self.sender.request_spill, self.commit)
@@ -74,7 +75,7 @@ class Extension:
         self.sender.start()
         # Spans from threads and executor tasks a cell starts nest under the cell.
         _threads.install()
-        self.cells = CellTracer(self.tracer, s, self.session_id)
+        self.cells = CellTracer(self.sdks.providers.tracer, s, self.session_id)
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
         shell.input_transformers_cleanup.append(strip_trace_line)
@@ -105,6 +106,7 @@ class Extension:
         self.cells.end_open_span("trace_ext was unloaded while the cell ran.")
         self.commit()
         self.processor.deactivate()
+        self.sdks.stop()  # other SDKs' exporters are theirs again
         self.sender.shutdown(s.shutdown_timeout)
         self.store.close()
         self._close_displays()
@@ -123,6 +125,7 @@ class Extension:
 
     def _pre_run_cell(self, info) -> None:
         try:
+            self.sdks.before_cell()
             count = self.shell.execution_count - (1 if info.store_history else 0)
             self.cells.pre_run_cell(info, count)
         except Exception as exc:
@@ -134,11 +137,13 @@ class Extension:
         except Exception as exc:
             self._internal_error("ending the cell's span", exc)
         try:
-            if self._env != environment_fingerprint():
+            followed_changed = self.sdks.after_cell()
+            if followed_changed or self._env != environment_fingerprint():
                 self._env = environment_fingerprint()
                 self._apply_destination()
             self.commit()
             self.sender.wake()
+            self.sdks.flush_after_cell()
         except Exception as exc:
             self._internal_error("saving the cell's spans", exc)
 
@@ -147,13 +152,6 @@ class Extension:
         self.status.last_error = f"trace_ext failed {doing} ({type(exc).__name__}: {exc}); the cell itself was not affected."
 
     # -- the pipeline ---------------------------------------------------------
-
-    def tracer(self):
-        # One tracer (one instrumentation scope) for the extension's life: the
-        # SDK makes a new one per call, and each would be encoded anew.
-        if self._tracer is None:
-            self._tracer = self._provider.get_tracer("trace_ext", __version__)
-        return self._tracer
 
     def commit(self) -> None:
         """Move buffered spans into the store: durable once this returns."""
@@ -178,8 +176,10 @@ class Extension:
                 self.status.local += stored
 
     def _apply_destination(self) -> None:
-        config, destination, warning = sender_config(self.settings)
+        config, destination, warning = sender_config(self.settings, self.sdks.followable())
         self._destination = destination
+        # Exporters of other SDKs sending to the same URL are handed over to us.
+        self.sdks.peers.deliver_to(destination.url if destination else None)
         self._update_redactor()
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.destination = destination.host if destination else ""
@@ -197,6 +197,8 @@ class Extension:
             self._apply_destination()
         elif name == "redact":
             self._update_redactor()
+        elif name == "sdk_flush_timeout":
+            self.sdks.flushes.timeout = change["new"]
         elif name == "max_attribute_length":
             self.processor.set_attribute_limit(change["new"])
         elif name == "flush_after_cell":

@@ -146,7 +146,7 @@ class TraceMagics(Magics):
         shell = self.shell
         tree = ast.parse(shell.transform_cell(cell))
         last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-        with self._ext.tracer().start_as_current_span(args.name or "%%trace"):
+        with self._ext.sdks.providers.tracer().start_as_current_span(args.name or "%%trace"):
             exec(compile(tree, "<trace cell>", "exec"), shell.user_ns)
             if last is not None:
                 expression = ast.Expression(last.value)

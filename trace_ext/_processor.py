@@ -8,18 +8,15 @@ post-cell hook moves the buffer into the store.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Callable
 
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 
 from ._otlp import OriginCache, SpanRecord, encode_span
 from ._redact import Redactor, redacted_span
 
-__all__ = ["BufferingSpanProcessor", "attach_processor"]
+__all__ = ["BufferingSpanProcessor"]
 
 log = logging.getLogger("trace_ext")
 
@@ -41,6 +38,9 @@ class BufferingSpanProcessor(SpanProcessor):
         self._on_shutdown: Callable[[], None] | None = None
         self.encode_errors = 0
         self._redactor = Redactor()
+        # Called at each span's start and end, to notice processors other SDKs
+        # add (see _peers.Peers.check): it must be cheap.
+        self.watch: Callable[[], None] = lambda: None
 
     def activate(
         self,
@@ -66,11 +66,17 @@ class BufferingSpanProcessor(SpanProcessor):
         self._limit = limit
 
     def on_start(self, span, parent_context=None) -> None:
-        pass
+        if self._active:
+            self.watch()
 
     def on_end(self, span) -> None:
         if not self._active:
             return
+        self.watch()
+        self.record(span)
+
+    def record(self, span) -> None:
+        """Encode one ended span into the buffer (also for spans another SDK hands us)."""
         try:
             record = encode_span(redacted_span(span, self._redactor), self._limit, self._origins)
         except Exception:  # a span we can't encode must not break the user's code
@@ -110,48 +116,3 @@ class BufferingSpanProcessor(SpanProcessor):
         callback = self._on_shutdown
         if callback is not None:
             callback()
-
-
-def default_resource() -> Resource:
-    env = os.environ
-    named = "OTEL_SERVICE_NAME" in env or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    return Resource.create({} if named else {"service.name": "jupyter-notebook"})
-
-
-def attach_processor(
-    make_resource: Callable[[], Resource] = default_resource,
-) -> tuple[BufferingSpanProcessor, TracerProvider, str]:
-    """Find or add trace_ext's processor on the global tracer provider.
-
-    Returns the processor, the provider traced cells use, and a warning (empty
-    when all is well). An existing SDK provider is reused, never replaced; with
-    none, one is created and made global.
-    """
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider):
-        trace.set_tracer_provider(TracerProvider(resource=make_resource()))
-        provider = trace.get_tracer_provider()
-    warning = ""
-    if not isinstance(provider, TracerProvider):
-        # Someone else's provider API: we can't see its spans, but cells still get traced.
-        warning = (
-            f"The global tracer provider is a {type(provider).__name__}, not the OpenTelemetry "
-            "SDK's, so only %%trace cells are recorded."
-        )
-        provider = _private_provider(make_resource)
-    existing = getattr(provider, "_trace_ext_processor", None)
-    if isinstance(existing, BufferingSpanProcessor):
-        return existing, provider, warning
-    processor = BufferingSpanProcessor()
-    provider.add_span_processor(processor)
-    provider._trace_ext_processor = processor  # type: ignore[attr-defined]
-    return processor, provider, warning
-
-
-_PRIVATE: list[TracerProvider] = []
-
-
-def _private_provider(make_resource: Callable[[], Resource]) -> TracerProvider:
-    if not _PRIVATE:
-        _PRIVATE.append(TracerProvider(resource=make_resource(), shutdown_on_exit=False))
-    return _PRIVATE[0]

@@ -26,6 +26,7 @@ class DeliveryStatus(HasTraits):
     last_error = Unicode("", help="the last problem, in one sentence")
     store_warning = Unicode("", help="what is wrong with the local store while it lasts (in memory, over its cap)")
     in_memory = Int(0, help="spans kept in memory only, because the store's file can't be written")
+    peers = Unicode("", help="how the last flush of each other SDK (Langfuse, other span processors) went")
     dropped = Int(0, help="spans that could be kept nowhere (memory limit reached while the store was unwritable)")
 
     def __init__(self, **kwargs) -> None:
@@ -35,7 +36,7 @@ class DeliveryStatus(HasTraits):
         # keeps read-modify-write updates (counters) whole.
         self.lock = threading.RLock()
 
-    @validate("last_error")
+    @validate("last_error", "peers")
     def _redacted(self, proposal) -> str:
         return self.redactor(proposal["value"])
 

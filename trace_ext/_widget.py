@@ -44,6 +44,8 @@ def status_text(s: DeliveryStatus) -> str:
             text += f"\n  store: {s.store_warning}"
         if s.last_error and s.last_error != s.store_warning:
             text += f"\n  last error: {s.last_error}"
+        if s.peers:
+            text += f"\n  other SDKs: {s.peers}"
     return text
 
 
@@ -57,6 +59,8 @@ def status_html(s: DeliveryStatus) -> str:
         )
         if s.store_warning:
             error = f'<br><span style="color:#b36b00">{html.escape(s.store_warning)}</span>' + error
+        if s.peers:
+            error += f'<br><span style="color:#555">other SDKs: {html.escape(s.peers)}</span>'
     return f"<span><b>trace_ext</b>: {head}{state}{error}</span>"
 
 

@@ -47,9 +47,9 @@ def check_url(setting: str, url: str) -> str:
 # The smallest value each numeric setting takes, and its unit (for the error message).
 _MINIMUMS = {
     "shutdown_timeout": (0, "seconds"), "export_timeout": (0.1, "seconds"),
-    "max_batch_spans": (1, "spans"), "max_batch_bytes": (1024, "bytes"),
-    "max_attribute_length": (64, "characters"), "retention_days": (0, "days"),
-    "retention_mb": (0, "megabytes"),
+    "sdk_flush_timeout": (0.1, "seconds"), "max_batch_spans": (1, "spans"),
+    "max_batch_bytes": (1024, "bytes"), "max_attribute_length": (64, "characters"),
+    "retention_days": (0, "days"), "retention_mb": (0, "megabytes"),
 }
 
 
@@ -119,6 +119,14 @@ class TraceExt(Configurable):
         help="""Seconds the kernel may spend delivering spans when it exits or
         the extension is unloaded. Whatever is not delivered by then stays in the
         store and is sent the next time the extension is loaded.""",
+    ).tag(config=True)
+
+    sdk_flush_timeout = Float(
+        5.0,
+        help="""Seconds after which a flush of another SDK (the Langfuse
+        client's flush(), other span processors' force_flush()), started in the
+        background after every cell, is shown as not finished. Cells never wait
+        for these flushes.""",
     ).tag(config=True)
 
     export_timeout = Float(

@@ -1,0 +1,68 @@
+"""trace_ext beside the tracing SDKs a notebook already uses: providers, peers, their flushes.
+
+The extension calls :meth:`Sdks.before_cell` and :meth:`Sdks.after_cell` from
+its hooks; everything here returns at once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ._destination import Destination
+from ._peer_flush import PeerFlush
+from ._peers import Peers
+from ._providers import Providers
+from ._status import DeliveryStatus
+
+__all__ = ["Sdks"]
+
+
+class Sdks:
+    def __init__(self, status: DeliveryStatus, commit: Callable[[], None], flush_timeout: float) -> None:
+        self.providers = Providers(on_attach=self._on_attach)
+        self.processor = self.providers.processor
+        self.peers = Peers(self.processor, self._record_handed_over)
+        self.flushes = PeerFlush(status, flush_timeout)
+        self._commit = commit
+        self._followed: tuple | None = None
+        self.processor.watch = self.peers.check
+        self.providers.claim()  # the global provider, or ours made global
+        self.providers.yield_place()
+
+    def _on_attach(self, provider, since_ns: int) -> None:
+        self.peers.add_provider(provider, since_ns)
+
+    def _record_handed_over(self, spans: Sequence) -> None:
+        # Spans another SDK queued before trace_ext saw its provider: store them now.
+        for span in spans:
+            self.processor.record(span)
+        self._commit()
+
+    def followable(self) -> Destination | None:
+        destination = self.peers.followable()
+        self._followed = _key(destination)
+        return destination
+
+    def before_cell(self) -> None:
+        self.providers.refresh()
+        self.peers.check()
+
+    def after_cell(self) -> bool:
+        """Attach to a provider set up by the cell; True if the destination must be worked out again."""
+        self.providers.refresh()
+        self.peers.check()  # processors added by a cell that made no span yet
+        return _key(self.peers.followable()) != self._followed
+
+    def flush_after_cell(self) -> None:
+        self.flushes.request(self.peers.flush_jobs(self.flushes.timeout))
+
+    def stop(self) -> None:
+        self.providers.stop_yielding()
+        self.flushes.stop()
+        self.peers.release()
+
+
+def _key(destination: Destination | None) -> tuple | None:
+    if destination is None:
+        return None
+    return destination.url, tuple(sorted(destination.headers.items()))
