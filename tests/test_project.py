@@ -27,7 +27,7 @@ def test_public_names():
     import trace_ext
 
     assert set(trace_ext.__all__) == {
-        "__version__", "flush", "load_ipython_extension", "unload_ipython_extension",
+        "__version__", "flush", "load_ipython_extension", "observe", "span", "unload_ipython_extension",
     }
     assert all(hasattr(trace_ext, name) for name in trace_ext.__all__)
 

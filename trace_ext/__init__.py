@@ -2,8 +2,10 @@
 
 ``%load_ext trace_ext`` saves every cell's spans to a local store when the cell
 ends, delivers them over OTLP/HTTP in the background, shows delivery live, and
-adds ``%%trace`` to record a cell as a span. Importing this package does
-nothing else: no thread, file or socket exists until the extension is loaded.
+adds ``%%trace`` to record a cell as a span. ``trace_ext.observe`` (a
+decorator) and ``trace_ext.span`` (a ``with`` block) record your own functions
+and blocks as spans, with no other SDK. Importing this package does nothing
+else: no thread, file or socket exists until the extension is loaded.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._observe import observe, span
     from ._status import DeliveryReport
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "flush", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["__version__", "flush", "load_ipython_extension", "observe", "span", "unload_ipython_extension"]
+_LAZY = ("observe", "span")  # imported on first use: they need OpenTelemetry, the package doesn't
 
 # A library's loggers stay quiet unless the application configures logging.
 logging.getLogger("trace_ext").addHandler(logging.NullHandler())
@@ -43,3 +47,15 @@ def flush(timeout: float = 10.0) -> DeliveryReport:
     if extension is None:
         raise RuntimeError("trace_ext is not loaded: run %load_ext trace_ext first.")
     return extension.flush(timeout)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import _observe
+
+        return getattr(_observe, name)
+    raise AttributeError(f"module 'trace_ext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
