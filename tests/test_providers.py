@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 
-from .conftest import require
+from .conftest import require, wait_until
 
 REGISTER = (
     "from phoenix.otel import register\n"
@@ -40,3 +41,37 @@ def test_unloading_puts_the_api_back(loaded):
     assert loaded.value(before) == "trace_ext._providers"
     loaded.ok("%unload_ext trace_ext")
     assert loaded.value(before) == "opentelemetry.trace"
+
+
+def test_other_processors_are_flushed_after_each_cell_without_holding_it_up(start_kernel, receiver):
+    """A BatchSpanProcessor sending elsewhere would wait a minute to send; trace_ext flushes it
+    after the cell, on a thread of its own, and says so."""
+    from .otlp_receiver import Delay, OtlpReceiver
+
+    elsewhere = OtlpReceiver().start()
+    try:
+        elsewhere.default = Delay(1.5)
+        kernel = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
+        kernel.ok("%load_ext trace_ext")
+        kernel.ok(
+            "from opentelemetry import trace\n"
+            "from opentelemetry.sdk.trace.export import BatchSpanProcessor\n"
+            "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n"
+            f"exporter = OTLPSpanExporter(endpoint={elsewhere.url!r})\n"
+            "trace.get_tracer_provider().add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))"
+        )
+        started = time.monotonic()
+        kernel.ok("%%trace cell\ntrace.get_tracer('lib').start_span('child').end()")
+        assert time.monotonic() - started < 1.0  # the 1.5 s export happens beside the cell
+        assert {s.name for s in elsewhere.wait_for_spans(2, timeout=10)} == {"cell", "child"}
+        assert wait_until(
+            lambda: f"BatchSpanProcessor → 127.0.0.1:{elsewhere.port} flushed in"
+            in loaded_status(kernel), 10
+        ), loaded_status(kernel)
+        assert len(receiver.wait_for_spans(2)) == 2  # trace_ext's own copy, to its own endpoint
+    finally:
+        elsewhere.stop()
+
+
+def loaded_status(kernel) -> str:
+    return kernel.execute("%trace status").text()
