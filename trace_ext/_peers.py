@@ -208,20 +208,13 @@ class Peers:
                 if mine and not peer.handed_over:
                     setattr(peer.holder, peer.attribute, HandedOver(peer.exporter, peer.since, self._record))  # type: ignore[attr-defined]
                 elif not mine and peer.handed_over:
+                    _empty_queue(peer.processor)
                     setattr(peer.holder, peer.attribute, peer.exporter.original)
             except (AttributeError, TypeError):
                 peer.url = None  # can't swap it: leave it sending on its own
 
     def release(self) -> None:
         """Give every exporter back (unload): the other SDKs deliver on their own again."""
-        for peer in list(self.peers):
-            if peer.handed_over:
-                # Empty its queue first: those spans are ours already, and the
-                # original exporter would send them a second time.
-                try:
-                    peer.processor.force_flush(1000)
-                except Exception:
-                    pass
         self.deliver_to(None)
         with self._lock:
             self._providers.clear()
@@ -248,6 +241,15 @@ class Peers:
             label = f"{peer.name} → {Destination(peer.url, '').host}" if peer.url else peer.name
             jobs.append((label, lambda p=peer.processor: p.force_flush(millis)))
         return jobs
+
+
+def _empty_queue(processor: object) -> None:
+    """Before giving an exporter back: the spans still queued are ours already, and the
+    original would send them a second time. (Quick: the export they go to does nothing.)"""
+    try:
+        processor.force_flush(1000)  # type: ignore[attr-defined]
+    except Exception:
+        pass
 
 
 def _langfuse_clients() -> list:
