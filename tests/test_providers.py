@@ -75,3 +75,18 @@ def test_other_processors_are_flushed_after_each_cell_without_holding_it_up(star
 
 def loaded_status(kernel) -> str:
     return kernel.execute("%trace status").text()
+
+
+def test_a_grpc_exporter_gets_a_sentence_saying_what_to_set(start_kernel):
+    kernel = start_kernel()
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok(
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace.export import BatchSpanProcessor\n"
+        "from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter\n"
+        "trace.get_tracer_provider().add_span_processor(\n"
+        "    BatchSpanProcessor(OTLPSpanExporter(endpoint='http://127.0.0.1:9', insecure=True)))"
+    )
+    status = loaded_status(kernel)
+    assert "sends over gRPC (127.0.0.1:9)" in status, status
+    assert "TraceExt.endpoint" in status and "stored locally" in status

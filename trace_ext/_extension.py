@@ -177,6 +177,7 @@ class Extension:
 
     def _apply_destination(self) -> None:
         config, destination, warning = sender_config(self.settings, self.sdks.followable())
+        warning = warning or ("" if destination else self.sdks.peers.grpc_hint())
         self._destination = destination
         # Exporters of other SDKs sending to the same URL are handed over to us.
         self.sdks.peers.deliver_to(destination.url if destination else None)

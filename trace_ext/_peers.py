@@ -33,6 +33,7 @@ from ._providers import processors_of
 __all__ = ["HandedOver", "Peer", "Peers", "same_url"]
 
 _OTLP_HTTP = ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter")
+_OTLP_GRPC = ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter")
 _NOT_FORWARDED = {"content-type", "user-agent", "content-encoding"}
 
 
@@ -88,6 +89,7 @@ class Peer:
     attribute: str = ""
     url: str | None = None  # OTLP/HTTP traces URL, when it has one
     headers: dict | None = None
+    grpc: str | None = None  # host:port of an OTLP/gRPC exporter (we can't follow it)
 
     @property
     def exporter(self):
@@ -106,10 +108,10 @@ def _name(processor: object) -> str:
     return type(processor).__name__
 
 
-def _otlp_http(exporter: object) -> object | None:
+def _otlp(exporter: object, kind: tuple[str, str] = _OTLP_HTTP) -> object | None:
     # Langfuse wraps its OTLP exporter in a transforming one that keeps it in _exporter.
     for _ in range(3):
-        if any((c.__module__, c.__name__) == _OTLP_HTTP for c in type(exporter).__mro__):
+        if any((c.__module__, c.__name__) == kind for c in type(exporter).__mro__):
             return exporter
         exporter = getattr(exporter, "_exporter", None)
         if exporter is None:
@@ -137,9 +139,12 @@ def describe(processor: object) -> Peer:
     exporter = peer.exporter
     if isinstance(exporter, HandedOver):
         exporter = exporter.original
-    otlp = _otlp_http(exporter) if exporter is not None else None
+    otlp = _otlp(exporter) if exporter is not None else None
     if otlp is not None and isinstance(getattr(otlp, "_endpoint", None), str):
         peer.url, peer.headers = otlp._endpoint, _headers(otlp)
+    grpc = _otlp(exporter, _OTLP_GRPC) if exporter is not None and otlp is None else None
+    if grpc is not None:
+        peer.grpc = str(getattr(grpc, "_endpoint", "") or "its gRPC endpoint")
     return peer
 
 
@@ -194,6 +199,18 @@ class Peers:
             return None
         peer = candidates[0]
         return Destination(peer.url, f"the {peer.name} exporter", dict(peer.headers or {}))
+
+    def grpc_hint(self) -> str:
+        """Why spans stay local although an SDK exports over gRPC, and what to do; '' if none does."""
+        with self._lock:
+            grpc = next((p for p in self.peers if p.grpc), None)
+        if grpc is None or any(p.url for p in self.peers):
+            return ""
+        return (
+            f"The {grpc.name} exporter sends over gRPC ({grpc.grpc}), which trace_ext does not speak, so "
+            "spans stay in the local store: set %config TraceExt.endpoint to the backend's OTLP/HTTP URL "
+            "(Phoenix: http://<host>:6006/v1/traces), or call register(protocol=\"http/protobuf\")."
+        )
 
     def deliver_to(self, url: str | None) -> None:
         """trace_ext now sends to ``url``: hand over the exporters that send there, give back the rest."""

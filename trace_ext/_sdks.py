@@ -40,8 +40,12 @@ class Sdks:
 
     def followable(self) -> Destination | None:
         destination = self.peers.followable()
-        self._followed = _key(destination)
+        self._followed = self._state()
         return destination
+
+    def _state(self) -> tuple:
+        # What the destination depends on: the exporter followed, or the hint that none can be.
+        return _key(self.peers.followable()), self.peers.grpc_hint()
 
     def before_cell(self) -> None:
         self.providers.refresh()
@@ -51,7 +55,7 @@ class Sdks:
         """Attach to a provider set up by the cell; True if the destination must be worked out again."""
         self.providers.refresh()
         self.peers.check()  # processors added by a cell that made no span yet
-        return _key(self.peers.followable()) != self._followed
+        return self._state() != self._followed
 
     def flush_after_cell(self) -> None:
         self.flushes.request(self.peers.flush_jobs(self.flushes.timeout))

@@ -26,7 +26,7 @@ def _when(epoch: float | None) -> str:
 
 def _headline(s: DeliveryStatus) -> str:
     if s.state == "local" or not s.destination:
-        text = f"{s.local} spans stored locally (no endpoint configured)"
+        text = f"{s.local} span{'' if s.local == 1 else 's'} stored locally (no endpoint configured)"
         if s.pending:  # left by a kernel that had an endpoint: sent once one is set
             text += f" · {s.pending} waiting for an endpoint"
         return text
