@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-__all__ = ["REPR_TIME_LIMIT", "describe_value", "safe_repr", "shown_text", "truncate"]
+__all__ = ["REPR_TIME_LIMIT", "describe_exception", "describe_value", "safe_repr", "shown_text", "truncate"]
 
 REPR_TIME_LIMIT = 1.0  # seconds one repr() of a cell's value may take
 _MAX_COLUMNS_LISTED = 50
@@ -71,6 +71,15 @@ def call_with_time_limit(fn: Callable[[], object], seconds: float) -> tuple[bool
         if old_delay > 0:
             remaining = max(old_delay - (time.monotonic() - started), 1e-3)
             signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message``; never raises, even when the exception's ``__str__`` does."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() failed>"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _type_name(value: object) -> str:

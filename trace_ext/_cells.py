@@ -21,7 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from ._capture import describe_value, shown_text, truncate
+from ._capture import describe_exception, describe_value, shown_text, truncate
 from ._magics import CellArgs, parse_cell_args
 
 __all__ = ["CellTracer", "split_traced_cell", "strip_trace_line"]
@@ -74,14 +74,6 @@ def _user_traceback(exc: BaseException) -> str:
         return "".join(traceback.format_exception(type(exc), exc, tb))
     except Exception:  # e.g. the exception's __str__ raises
         return "".join(traceback.format_tb(tb)) + f"{type(exc).__name__}: <str() failed>"
-
-
-def _describe(exc: BaseException) -> str:
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<str() failed>"
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class CellTracer:
@@ -164,7 +156,7 @@ class CellTracer:
                 span.set_attribute("langfuse.trace.name", f"In [{count}]")
         error = result.error_before_exec or result.error_in_exec
         if error is not None:
-            description = truncate(_describe(error), limit)
+            description = truncate(describe_exception(error), limit)
             span.set_status(Status(StatusCode.ERROR, description))
             stack = truncate(_user_traceback(error), limit)
             try:

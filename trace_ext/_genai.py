@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from opentelemetry.trace import Status, StatusCode
 
-from ._capture import truncate
+from ._capture import describe_exception, truncate
 from ._observe_values import MAX_VALUE_LENGTH, capture
 
 __all__ = ["attribute", "record_error", "record_usage", "set_value", "type_attributes", "usage_of"]
@@ -141,18 +141,10 @@ def usage_of(result: Any) -> dict[str, Any] | None:
         return None
 
 
-def _describe(exc: BaseException) -> str:
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<str() failed>"
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def record_error(span, exc: BaseException) -> None:
     """Status ERROR, an ``exception`` event, and Langfuse's level; never raises."""
     try:
-        description = truncate(_describe(exc), _ERROR_LENGTH)
+        description = truncate(describe_exception(exc), _ERROR_LENGTH)
         span.set_status(Status(StatusCode.ERROR, description))
         span.set_attributes({LF_LEVEL: "ERROR", LF_STATUS_MESSAGE: description})
         try:
