@@ -160,3 +160,14 @@ def test_langfuse_flush_runs_beside_the_cell_and_the_status_says_how_it_went(sta
         assert len(receiver.wait_for_spans(2)) == 2  # trace_ext's own delivery was not held up
     finally:
         langfuse_backend.stop()
+
+
+def test_spans_langfuse_queued_before_loading_are_taken_into_the_store(start_kernel, receiver):
+    kernel = langfuse_kernel(start_kernel, receiver)
+    kernel.ok(DEFINE)
+    kernel.ok("answer('before trace_ext')")  # waits in Langfuse's queue (5 s) when trace_ext loads
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok("answer('after')")
+    settle(kernel, receiver, 4)
+    assert len(once_each(receiver)) == 4
+    assert {r.headers.get("user-agent", "").split("/")[0] for r in receiver.requests} == {"trace_ext"}
