@@ -119,10 +119,14 @@ class PeerFlush:
         text = "; ".join(parts)
         if text != self._status.peers:
             self._status.peers = text
-        if any(w.started is not None for w in self._workers.values()):
+        running = [now - t for t in (w.started for w in list(self._workers.values())) if t is not None]
+        if running:
+            # Keep the running time current: every second at first, then every 10 s
+            # (a flush stuck for good must not keep the widget busy).
+            every = 1.0 if max(running) < 60 else 10.0
             with self._lock:
                 if self._timer is None and not self.stopped:
-                    self._timer = threading.Timer(1.0, self._overdue)  # keep the running time current
+                    self._timer = threading.Timer(every, self._overdue)
                     self._timer.daemon = True
                     self._timer.start()
 
