@@ -125,7 +125,6 @@ class Extension:
 
     def _pre_run_cell(self, info) -> None:
         try:
-            self.sdks.before_cell()
             count = self.shell.execution_count - (1 if info.store_history else 0)
             self.cells.pre_run_cell(info, count)
         except Exception as exc:
@@ -137,8 +136,8 @@ class Extension:
         except Exception as exc:
             self._internal_error("ending the cell's span", exc)
         try:
-            followed_changed = self.sdks.after_cell()
-            if followed_changed or self._env != environment_fingerprint():
+            peers_changed = self.sdks.after_cell()
+            if peers_changed or self._env != environment_fingerprint():
                 self._env = environment_fingerprint()
                 self._apply_destination()
             self.commit()

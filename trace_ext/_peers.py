@@ -90,6 +90,7 @@ class Peer:
     url: str | None = None  # OTLP/HTTP traces URL, when it has one
     headers: dict | None = None
     grpc: str | None = None  # host:port of an OTLP/gRPC exporter (we can't follow it)
+    since: int = 0  # time_ns trace_ext's processor joined this processor's provider
 
     @property
     def exporter(self):
@@ -159,6 +160,7 @@ class Peers:
         self._seen: list[tuple] = []
         self._url: str | None = None
         self.peers: list[Peer] = []
+        self.generation = 0  # counts rescans: what was followed may have changed
 
     # -- which processors exist ---------------------------------------------
 
@@ -184,9 +186,10 @@ class Peers:
                 for processor in found:
                     if processor is not self._ours:
                         peer = describe(processor)
-                        peer.since = since  # type: ignore[attr-defined]
+                        peer.since = since
                         peers.append(peer)
             self.peers = peers
+            self.generation += 1
             self._apply()
 
     # -- who delivers --------------------------------------------------------
@@ -223,7 +226,7 @@ class Peers:
             mine = bool(self._url and peer.url and same_url(peer.url, self._url))
             try:
                 if mine and not peer.handed_over:
-                    setattr(peer.holder, peer.attribute, HandedOver(peer.exporter, peer.since, self._record))  # type: ignore[attr-defined]
+                    setattr(peer.holder, peer.attribute, HandedOver(peer.exporter, peer.since, self._record))
                 elif not mine and peer.handed_over:
                     _empty_queue(peer.processor)
                     setattr(peer.holder, peer.attribute, peer.exporter.original)

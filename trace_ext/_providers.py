@@ -89,7 +89,11 @@ class Providers:
 
     def tracer(self) -> trace.Tracer:
         # One tracer per provider (one instrumentation scope): the SDK makes a new
-        # one per call, and each would be encoded anew.
+        # one per call, and each would be encoded anew. Called for every observed
+        # call, so a global provider we already trace from skips claim().
+        tracer = self._tracers.get(id(trace.get_tracer_provider()))
+        if tracer is not None:
+            return tracer
         provider = self.claim()
         tracer = self._tracers.get(id(provider))
         if tracer is None:

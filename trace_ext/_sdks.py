@@ -1,7 +1,7 @@
 """trace_ext beside the tracing SDKs a notebook already uses: providers, peers, their flushes.
 
-The extension calls :meth:`Sdks.before_cell` and :meth:`Sdks.after_cell` from
-its hooks; everything here returns at once.
+The extension calls :meth:`Sdks.after_cell` from its post-cell hook; everything
+here returns at once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Sdks:
         self.peers = Peers(self.processor, self._record_handed_over)
         self.flushes = PeerFlush(status, flush_timeout)
         self._commit = commit
-        self._followed: tuple | None = None
+        self._generation = -1  # the peers' generation the destination was worked out for
         self.processor.watch = self.peers.check
         self.providers.claim()  # the global provider, or ours made global
         self.providers.yield_place()
@@ -39,23 +39,15 @@ class Sdks:
         self._commit()
 
     def followable(self) -> Destination | None:
-        destination = self.peers.followable()
-        self._followed = self._state()
-        return destination
-
-    def _state(self) -> tuple:
-        # What the destination depends on: the exporter followed, or the hint that none can be.
-        return _key(self.peers.followable()), self.peers.grpc_hint()
-
-    def before_cell(self) -> None:
-        self.providers.refresh()
-        self.peers.check()
+        self._generation = self.peers.generation  # read first: a rescan meanwhile shows next cell
+        return self.peers.followable()
 
     def after_cell(self) -> bool:
-        """Attach to a provider set up by the cell; True if the destination must be worked out again."""
+        """Attach to a provider set up by the cell; True if the other processors changed, so the
+        destination (followed exporter, gRPC hint) must be worked out again."""
         self.providers.refresh()
         self.peers.check()  # processors added by a cell that made no span yet
-        return self._state() != self._followed
+        return self.peers.generation != self._generation
 
     def flush_after_cell(self) -> None:
         self.flushes.request(self.peers.flush_jobs(self.flushes.timeout))
@@ -65,8 +57,3 @@ class Sdks:
         self.flushes.stop()
         self.peers.release()
 
-
-def _key(destination: Destination | None) -> tuple | None:
-    if destination is None:
-        return None
-    return destination.url, tuple(sorted(destination.headers.items()))
