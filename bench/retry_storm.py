@@ -91,12 +91,12 @@ def run(duration: float, cell_every: float, spans_per_cell: int, workdir: str) -
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from tests.otlp_receiver import OtlpReceiver, Respond
-    from trace_ext._destination import Destination
-    from trace_ext._export import SenderConfig
-    from trace_ext._processor import BufferingSpanProcessor
-    from trace_ext._sender import Sender
-    from trace_ext._status import DeliveryStatus
-    from trace_ext._store import PENDING, SpanStore
+    from trace_ext._delivery.destination import Destination
+    from trace_ext._delivery.destination import SenderConfig
+    from trace_ext._recording.processor import BufferingSpanProcessor
+    from trace_ext._delivery.sender import Sender
+    from trace_ext._delivery.status import DeliveryStatus
+    from trace_ext._store.store import PENDING, SpanStore
 
     resource = Resource.create({"service.name": "retry-storm"})
     ours_rx, peer_rx = OtlpReceiver().start(), OtlpReceiver().start()
@@ -121,7 +121,7 @@ def run(duration: float, cell_every: float, spans_per_cell: int, workdir: str) -
     cells, tick = 0, threading.Event()
     while time.monotonic() - start < duration:
         _make_cell(ours.get_tracer("bench"), cells, spans_per_cell)
-        store.append(buffering.drain(), PENDING)
+        store.save(buffering.take(), PENDING)
         sender.wake()  # what the post-cell hook does
         _make_cell(peer.get_tracer("bench"), cells, spans_per_cell)
         cells += 1

@@ -54,7 +54,7 @@ def store_path(tmp_path) -> Path:
 @pytest.fixture
 def store(store_path):
     """The test's store, opened in this process."""
-    from trace_ext._store import SpanStore
+    from trace_ext._store.store import SpanStore
 
     store = SpanStore(str(store_path))
     yield store
@@ -63,7 +63,7 @@ def store(store_path):
 
 @pytest.fixture
 def status():
-    from trace_ext._status import DeliveryStatus
+    from trace_ext._delivery.status import DeliveryStatus
 
     return DeliveryStatus()
 
@@ -71,9 +71,9 @@ def status():
 @pytest.fixture
 def sender(store, status):
     """start(url, **SenderConfig options) -> a running Sender over the test's store; all are shut down."""
-    from trace_ext._destination import Destination
-    from trace_ext._export import SenderConfig
-    from trace_ext._sender import Sender
+    from trace_ext._delivery.destination import Destination
+    from trace_ext._delivery.destination import SenderConfig
+    from trace_ext._delivery.sender import Sender
 
     senders = []
 
@@ -92,11 +92,11 @@ def sender(store, status):
 
 def recording_tracer(service: str, attribute_limit: int = 1_000_000):
     """``(processor, tracer)``: a real SDK tracer whose ended spans trace_ext's processor
-    encodes into its buffer (``processor.drain()`` returns them as store records)."""
+    encodes into its buffer (``processor.take()`` returns them as store records)."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
-    from trace_ext._processor import BufferingSpanProcessor
+    from trace_ext._recording.processor import BufferingSpanProcessor
 
     processor = BufferingSpanProcessor()
     provider = TracerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False)

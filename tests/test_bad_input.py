@@ -221,7 +221,7 @@ def test_spans_from_threads_executors_and_tasks_nest_under_the_cell(start_kernel
 
 def test_loading_wraps_threading_once_and_unloading_puts_it_back(kernel):
     kernel.ok(
-        "import threading, concurrent.futures as cf, trace_ext._threads as _t\n"
+        "import threading, concurrent.futures as cf, trace_ext._capture.threads as _t\n"
         "def methods():\n"
         "    return (threading.Thread.start, threading.Thread._bootstrap_inner, cf.ThreadPoolExecutor.submit)\n"
         "before = methods()"
@@ -283,7 +283,7 @@ class _Forever:
 def test_a_repr_that_never_returns_is_cut_after_the_time_limit_and_signals_are_put_back():
     import signal
 
-    from trace_ext._capture import safe_repr
+    from trace_ext._capture.values import safe_repr
 
     fired = []
     previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
@@ -304,7 +304,7 @@ def test_a_repr_that_never_returns_is_cut_after_the_time_limit_and_signals_are_p
 def test_off_the_main_thread_repr_runs_without_a_time_limit():
     import threading
 
-    from trace_ext._capture import safe_repr
+    from trace_ext._capture.values import safe_repr
 
     texts = []
     worker = threading.Thread(target=lambda: texts.append(safe_repr([1, 2], 100)))
@@ -323,14 +323,14 @@ def test_off_the_main_thread_repr_runs_without_a_time_limit():
     ids=["str", "bytes", "bytearray"],
 )
 def test_huge_str_and_bytes_are_sliced_before_repr(value, head, tail):
-    from trace_ext._capture import safe_repr
+    from trace_ext._capture.values import safe_repr
 
     text = safe_repr(value, 100)
     assert text.startswith(head) and "… [truncated" in text and text.endswith(tail) and len(text) < 200
 
 
 def test_broken_reprs_are_described():
-    from trace_ext._capture import safe_repr
+    from trace_ext._capture.values import safe_repr
 
     class Raises:
         def __repr__(self):
@@ -363,7 +363,7 @@ def test_arrays_and_frames_get_a_header_without_trace_ext_importing_them():
 
     code = (
         "import sys\n"
-        "from trace_ext._capture import describe_value\n"
+        "from trace_ext._capture.values import capture\ndef describe_value(value, limit, shown=None): return capture(value, limit, displayed=True, shown=shown)[0]\n"
         "assert describe_value([1], 100) == '[1]'\n"
         "assert 'numpy' not in sys.modules and 'pandas' not in sys.modules\n"
         "import numpy as np, pandas as pd\n"

@@ -14,7 +14,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from trace_ext.__main__ import DISPLAY_NAME, KERNEL_NAME, kernelspec
-from trace_ext._store import SpanStore
+from trace_ext._store.store import SpanStore
 
 from .conftest import ROOT, clean_env
 from .kernel import Kernel

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from trace_ext._destination import resolve_destination
+from trace_ext._delivery.destination import resolve_destination
 from trace_ext.config import SettingError, TraceExt
 
 LANGFUSE = {
@@ -69,7 +69,7 @@ def test_otel_protocol_and_compression_fall_back_to_the_environment(monkeypatch)
 
 
 def test_destination_shows_host_only():
-    from trace_ext._destination import Destination
+    from trace_ext._delivery.destination import Destination
 
     destination = Destination("https://user:pw@lf.example:8443/api?key=s", "x", {"Authorization": "secret"})
     assert destination.host == "lf.example:8443"

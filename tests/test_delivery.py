@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from trace_ext._store import SpanStore
+from trace_ext._store.store import SpanStore
 
 from .otlp_receiver import Delay, Hang
 

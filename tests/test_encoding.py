@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
-from trace_ext._capture import truncate
+from trace_ext._capture.values import truncate
 from trace_ext._otlp import (
     _MAX_DEPTH,
     _any_value,
@@ -35,7 +35,7 @@ from trace_ext._otlp import (
     decode_span,
     to_json,
 )
-from trace_ext._processor import BufferingSpanProcessor
+from trace_ext._recording.processor import BufferingSpanProcessor
 
 from .otlp_receiver import otlp_json_to_proto_dict
 
@@ -120,7 +120,7 @@ class Recorder:
         if status is not None:
             span.set_status(status)
         span.end()
-        [record] = self.processor.drain()
+        [record] = self.processor.take()
         return span, record
 
 
@@ -273,7 +273,7 @@ def test_resource_and_scope_text_is_cleaned_too():
     provider.add_span_processor(processor)
     processor.activate(LIMIT, lambda: None, lambda: None)
     provider.get_tracer("scope \udcff", "1.0 \ud800").start_span("s").end()
-    [record] = processor.drain()
+    [record] = processor.take()
     request = ExportTraceServiceRequest.FromString(build_request([(record.resource, record.scope, [record.payload])]))
     [resource_spans] = request.resource_spans
     resource = attributes_to_dict(resource_spans.resource.attributes)

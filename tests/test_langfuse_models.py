@@ -19,10 +19,11 @@ import pytest
 from opentelemetry import trace as otel_trace
 
 import trace_ext
-from trace_ext import _observe
-from trace_ext._destination import Destination
-from trace_ext._export import SenderConfig, encode_batch
-from trace_ext._store import PENDING
+from trace_ext._capture import observe as _observe
+from trace_ext._delivery.destination import Destination
+from trace_ext._delivery.destination import SenderConfig
+from trace_ext._delivery.request import encode_batch
+from trace_ext._store.store import PENDING
 
 from .conftest import recording_tracer, require
 
@@ -39,7 +40,7 @@ def langfuse_models():
 
 def sent_body(store, tracer_records) -> dict:
     """The JSON body trace_ext's sender POSTs for these records, through the real store."""
-    store.append(tracer_records, PENDING)
+    store.save(tracer_records, PENDING)
     batch = store.claim(100, 10_000_000, 60)
     config = SenderConfig(Destination("http://127.0.0.1:1/v1/traces", "test"), protocol="http/json", compression="none")
     body, headers = encode_batch(config, store.origins(span.origin for span in batch), batch)
@@ -70,7 +71,7 @@ def test_langfuse_otel_models_accept_trace_exts_json(monkeypatch, store, langfus
         with pytest.raises(ZeroDivisionError), trace_ext.span("doomed"):
             _ = 1 / 0
 
-    body = sent_body(store, processor.drain())
+    body = sent_body(store, processor.take())
     assert set(body) == {"resourceSpans"}
     resource_spans = parse_obj_as(list[OtelResourceSpan], body["resourceSpans"])
 

@@ -126,7 +126,7 @@ def test_three_reloads_leave_one_set_of_hooks_and_one_sender(kernel, store_path)
         "atexit": 1,
     }
     loaded.ok("%%trace once\nfrom opentelemetry import trace\ntrace.get_tracer('t').start_span('inner').end()")
-    from trace_ext._store import SpanStore
+    from trace_ext._store.store import SpanStore
 
     store = SpanStore(str(store_path))
     [spans] = store.recent_traces(1)
@@ -165,7 +165,7 @@ def test_an_existing_tracer_provider_is_reused_not_replaced(kernel, store_path):
     assert kernel.value("trace.get_tracer_provider() is mine") is True
     # The user's own exporter still sees the cell's span, and so does the store.
     assert kernel.value("[s.name for s in exported.get_finished_spans()]") == ["shared"]
-    from trace_ext._store import SpanStore
+    from trace_ext._store.store import SpanStore
 
     store = SpanStore(str(store_path))
     assert [s.name for [s] in store.recent_traces(5)] == ["shared"]

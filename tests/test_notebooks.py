@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from trace_ext._store import SpanStore
+from trace_ext._store.store import SpanStore
 
 from .conftest import ROOT, clean_env, require
 from .kernel import KERNEL_NAME

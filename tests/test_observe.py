@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import trace_ext
-from trace_ext import _observe
-from trace_ext._observe_values import MAX_VALUE_LENGTH
+from trace_ext._capture import observe as _observe
+from trace_ext._capture.values import MAX_VALUE_LENGTH
 
 
 @pytest.fixture
@@ -489,7 +489,7 @@ def test_decorating_keeps_the_wrapped_function_and_its_signature():
 
 def test_observed_calls_and_span_blocks_nest_under_the_traced_cell(loaded, store_path):
     from trace_ext._otlp import attributes_to_dict, decode_span
-    from trace_ext._store import SpanStore
+    from trace_ext._store.store import SpanStore
 
     loaded.ok(
         "import trace_ext\n"

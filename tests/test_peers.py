@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from trace_ext._peers import HandedOver, Peers, same_url
+from trace_ext._sdks.peers import HandedOver, Peers, same_url
 
 
 def test_same_url_ignores_what_does_not_change_the_endpoint():

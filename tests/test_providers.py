@@ -38,7 +38,7 @@ def test_a_provider_set_up_after_loading_becomes_global_and_is_recorded(start_ke
 
 def test_unloading_puts_the_api_back(loaded):
     before = "__import__('opentelemetry.trace').trace.set_tracer_provider.__module__"
-    assert loaded.value(before) == "trace_ext._providers"
+    assert loaded.value(before) == "trace_ext._recording.providers"
     loaded.ok("%unload_ext trace_ext")
     assert loaded.value(before) == "opentelemetry.trace"
 

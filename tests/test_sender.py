@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from trace_ext._export import SenderConfig
-from trace_ext._store import PENDING
-from trace_ext._destination import Destination
+from trace_ext._delivery.destination import SenderConfig
+from trace_ext._store.store import PENDING
+from trace_ext._delivery.destination import Destination
 
 from .conftest import recording_tracer
 from .otlp_receiver import Delay, PartialSuccess, Respond
@@ -23,7 +23,7 @@ def make_spans(store):
         names = [f"{prefix}-{i}" for i in range(n)]
         for name in names:
             tracer.start_span(name, attributes={"payload": payload}).end()
-        store.append(processor.drain(), PENDING)
+        store.save(processor.take(), PENDING)
         return names
 
     return make

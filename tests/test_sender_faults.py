@@ -15,14 +15,16 @@ from collections import defaultdict
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
-from trace_ext import _sender
-from trace_ext._capture import truncate
-from trace_ext._destination import Destination, resolve_certificate
-from trace_ext._export import Retry, SenderConfig
+from trace_ext._delivery import policy as _policy
+from trace_ext._capture.values import truncate
+from trace_ext._delivery.destination import Destination, resolve_certificate
+from trace_ext._delivery.destination import SenderConfig
+from trace_ext._delivery.policy import Retry
 from trace_ext._otlp import decode_span
-from trace_ext._oversize import FLOOR, MAX_TRIES, shrink_limits, shrink_span
-from trace_ext._sender import BACKOFF_CAP, Sender, backoff_delay
-from trace_ext._store import FAILED, PENDING, SENT
+from trace_ext._delivery.policy import FLOOR, MAX_TRIES, shrink_limits, shrink_span
+from trace_ext._delivery.policy import BACKOFF_CAP, backoff_delay
+from trace_ext._delivery.sender import Sender
+from trace_ext._store.store import FAILED, PENDING, SENT
 from trace_ext.config import SettingError, TraceExt
 
 from .conftest import recording_tracer, require, wait_until
@@ -49,8 +51,8 @@ def produced(store):
                 if event:
                     span.add_event("log", {"message": event})
                 span.end()
-            records = processor.drain()
-            store.append(records, PENDING)
+            records = processor.take()
+            store.save(records, PENDING)
             self.ids |= {r.span_id for r in records}
             return [r.span_id for r in records]
 
@@ -352,7 +354,7 @@ def test_429_retry_after_is_honoured_then_delivered(receiver, store, produced, s
 
 
 def test_retry_after_zero_does_not_become_a_busy_loop(monkeypatch, receiver, store, produced, sender):
-    monkeypatch.setattr(_sender, "BACKOFF_BASE", 0.2)
+    monkeypatch.setattr(_policy, "BACKOFF_BASE", 0.2)
     receiver.script(*[Respond(429, headers={"Retry-After": "0"})] * 3)
     produced(2)
     s = sender(receiver.url)
@@ -394,8 +396,8 @@ def test_a_503_storm_keeps_retrying_at_the_cap_and_delivers_once_it_ends(
     monkeypatch, receiver, store, produced, sender
 ):
     # A scaled-down schedule (10 ms doubling to an 80 ms cap) so the storm fits in a test.
-    monkeypatch.setattr(_sender, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(_sender, "BACKOFF_CAP", 0.08)
+    monkeypatch.setattr(_policy, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(_policy, "BACKOFF_CAP", 0.08)
     receiver.default = Respond(503, body="overloaded")
     produced(5)
     s = sender(receiver.url)

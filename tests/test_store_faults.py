@@ -25,7 +25,7 @@ from typing import Callable
 
 import pytest
 
-from trace_ext._store import LOCAL, MEMORY_IDS, PENDING, SpanStore, open_store
+from trace_ext._store.store import LOCAL, MEMORY_IDS, PENDING, SpanStore, open_store
 
 from .conftest import recording_tracer, wait_until
 from .otlp_receiver import Respond
@@ -41,7 +41,7 @@ def spans():
     def make(n: int, payload: int = 100, prefix: str = "s"):
         for i in range(n):
             tracer.start_span(f"{prefix}{i}", attributes={"p": "x" * payload}).end()
-        return processor.drain()
+        return processor.take()
 
     return make
 
@@ -101,8 +101,8 @@ def tmpfs(request, tmp_path):
 
 def test_retention_deletes_only_sent_spans_older_than_the_setting(store_path, spans):
     store = SpanStore(str(store_path))
-    store.append(spans(10), PENDING)
-    store.append(spans(3), LOCAL)
+    store.save(spans(10), PENDING)
+    store.save(spans(3), LOCAL)
     old = send(store, 6)
     store.mark_failed([c.id for c in store.claim(2, 10**9, 30)], "refused")
     # Six sent spans: four finished two days ago, two just now.
@@ -121,9 +121,9 @@ def test_retention_deletes_only_sent_spans_older_than_the_setting(store_path, sp
 
 def test_size_cap_deletes_the_oldest_sent_spans_first_and_never_unsent_ones(store_path, spans):
     store = SpanStore(str(store_path))
-    store.append(spans(300, payload=2000, prefix="a"), PENDING)
+    store.save(spans(300, payload=2000, prefix="a"), PENDING)
     sent = send(store, 200)  # the oldest 200 are sent, the newest 100 pending
-    store.append(spans(20, payload=2000, prefix="local"), LOCAL)
+    store.save(spans(20, payload=2000, prefix="local"), LOCAL)
     full = store.size()
 
     pruned = store.prune(max_bytes=full - 150_000)
@@ -142,7 +142,7 @@ def test_size_cap_deletes_the_oldest_sent_spans_first_and_never_unsent_ones(stor
 
 def test_over_the_cap_with_unsent_spans_alone_is_shown_not_deleted(store_path, spans):
     store = open_store(str(store_path))
-    store.append(spans(100, payload=2000), LOCAL)
+    store.save(spans(100, payload=2000), LOCAL)
     store.max_bytes = 50_000
     pruned = store.maintain(force=True)
     assert pruned.over and store.counts().local == 100
@@ -155,7 +155,7 @@ def test_over_the_cap_with_unsent_spans_alone_is_shown_not_deleted(store_path, s
 
 def test_pruning_gives_space_back_to_the_file_system(store_path, spans):
     store = SpanStore(str(store_path))
-    store.append(spans(2000, payload=2000), PENDING)
+    store.save(spans(2000, payload=2000), PENDING)
     send(store, 2000)
     store.checkpoint()
     before = os.path.getsize(store_path)
@@ -189,8 +189,8 @@ def test_unwritable_store_at_load_works_in_memory_and_saves_everything_once_writ
     assert store.in_memory, how
     assert str(path) in store.warning and "TraceExt.store_path" in store.warning and "in memory" in store.warning
 
-    assert store.append(spans(50, prefix="p"), PENDING) == 50
-    store.append(spans(5, prefix="l"), LOCAL)
+    assert store.save(spans(50, prefix="p"), PENDING) == 50
+    store.save(spans(5, prefix="l"), LOCAL)
     batch = store.claim(20, 10**9, 30)
     assert all(c.id >= MEMORY_IDS for c in batch) and len(store.origins(c.origin for c in batch)) == 1
     store.mark_sent([c.id for c in batch])
@@ -205,7 +205,7 @@ def test_unwritable_store_at_load_works_in_memory_and_saves_everything_once_writ
     on_disk = rows(path)
     assert len(on_disk) == 55 and len({span_id for span_id, _ in on_disk}) == 55
     assert sorted(state for _, state in on_disk).count("sent") == 20
-    store.append(spans(1, prefix="after"), PENDING)  # and the store goes on, on disk
+    store.save(spans(1, prefix="after"), PENDING)  # and the store goes on, on disk
     assert len(rows(path)) == 56
     store.close()
 
@@ -215,14 +215,14 @@ def test_a_full_disk_switches_to_memory_without_losing_a_span(tmp_path, tmpfs, s
     how = "tmpfs of 256 KB" if folder is not None else "PRAGMA max_page_count"
     path = (folder or tmp_path) / "spans.sqlite3"
     store = open_store(str(path))
-    store.append(spans(5, prefix="first"), PENDING)
+    store.save(spans(5, prefix="first"), PENDING)
     claimed = [c.id for c in store.claim(5, 10**9, 30)]  # in flight when the disk fills
     if folder is None:
         (pages,) = store._disk().execute("PRAGMA page_count").fetchone()
         store._disk().execute(f"PRAGMA max_page_count = {pages + 2}")
     made = 5
     for _ in range(200):
-        made += store.append(spans(20, payload=1000), PENDING)  # never raises: memory takes over
+        made += store.save(spans(20, payload=1000), PENDING)  # never raises: memory takes over
         if store.in_memory:
             break
     assert store.in_memory, how
@@ -244,18 +244,18 @@ def test_memory_mode_is_bounded_and_counts_what_it_drops(tmp_path, spans):
     (tmp_path / "file").write_text("")
     store = open_store(str(tmp_path / "file" / "spans.sqlite3"), fallback=True)
     store.memory_limit = 400_000
-    kept = sum(store.append(spans(100, payload=2000), PENDING) for _ in range(4))
+    kept = sum(store.save(spans(100, payload=2000), PENDING) for _ in range(4))
     assert kept < 400 and store.dropped == 400 - kept
     assert f"dropped {store.dropped} spans" in store.warning
     # Sent spans make room before anything new is dropped.
     send(store, kept)
-    assert store.append(spans(50, payload=2000), PENDING) == 50
+    assert store.save(spans(50, payload=2000), PENDING) == 50
     store.close()
 
 
 def test_a_damaged_store_is_moved_aside_and_a_new_one_started(store_path, spans):
     store = open_store(str(store_path))
-    store.append(spans(3), PENDING)
+    store.save(spans(3), PENDING)
     store.close()
     data = store_path.read_bytes()
     store_path.write_bytes(os.urandom(len(data)))
@@ -266,14 +266,14 @@ def test_a_damaged_store_is_moved_aside_and_a_new_one_started(store_path, spans)
     [moved] = [p for p in store_path.parent.iterdir() if ".corrupt-" in p.name]
     assert moved.name.startswith("spans.sqlite3.corrupt-") and moved.read_bytes()[:16] != b"SQLite format 3\0"
     assert str(moved) in store.notice and "damaged" in store.notice
-    store.append(spans(2), PENDING)
+    store.save(spans(2), PENDING)
     assert store.counts().pending == 2
     store.close()
 
 
 def test_a_truncated_store_header_is_moved_aside(store_path, spans):
     store = open_store(str(store_path))
-    store.append(spans(3), PENDING)
+    store.save(spans(3), PENDING)
     store.close()
     store_path.write_bytes(store_path.read_bytes()[:50])  # cut inside the 100-byte header
     store = open_store(str(store_path))
@@ -417,7 +417,7 @@ def test_unloading_in_memory_mode_saves_spans_if_the_file_is_writable_by_then(tm
     blocker.write_text("")
     path = blocker / "spans.sqlite3"
     store = open_store(str(path), fallback=True)
-    store.append(spans(7), PENDING)
+    store.save(spans(7), PENDING)
     blocker.unlink()
     store.close()  # what %unload_ext and kernel exit do, after the sender's last flush
     assert [state for _, state in rows(path)] == ["pending"] * 7

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-import trace_ext._store as store_module
-from trace_ext._store import PENDING, SpanStore
-from trace_ext._store_leases import Owner, this_owner
+import trace_ext._store.store as store_module
+from trace_ext._store.store import PENDING, SpanStore
+from trace_ext._store.leases import Owner, this_owner
 
 from .conftest import recording_tracer
 
@@ -45,7 +45,7 @@ def records():
     def make(n: int):
         for i in range(n):
             tracer.start_span(f"s{i}").end()
-        return processor.drain()
+        return processor.take()
 
     return make
 
@@ -83,7 +83,7 @@ def leases(path) -> list[tuple]:
 def test_a_lease_of_a_process_that_no_longer_exists_is_taken_over_at_once(store_path, records, monkeypatch):
     dead = this_owner()._replace(pid=dead_pid())
     killed = SpanStore(str(store_path))
-    killed.append(records(5), PENDING)
+    killed.save(records(5), PENDING)
     assert len(claim_as(monkeypatch, killed, dead)) == 5  # then the kernel is killed mid-request
     assert leases(store_path) == [(dead.name, 1)] * 5
 
@@ -102,7 +102,7 @@ def test_a_lease_of_a_process_that_no_longer_exists_is_taken_over_at_once(store_
 def test_a_live_processs_lease_is_never_taken_over(store_path, records, monkeypatch, live_process):
     other = this_owner()._replace(pid=live_process.pid)
     kernel_a = SpanStore(str(store_path))
-    kernel_a.append(records(5), PENDING)
+    kernel_a.save(records(5), PENDING)
     assert len(claim_as(monkeypatch, kernel_a, other, n=3)) == 3
 
     kernel_b = SpanStore(str(store_path))
@@ -117,7 +117,7 @@ def test_a_live_processs_lease_is_never_taken_over(store_path, records, monkeypa
 def test_leases_of_another_host_or_pid_namespace_are_left_to_run_out(store_path, records, monkeypatch):
     pid = dead_pid()
     kernel_a = SpanStore(str(store_path))
-    kernel_a.append(records(4), PENDING)
+    kernel_a.save(records(4), PENDING)
     claim_as(monkeypatch, kernel_a, this_owner()._replace(host="elsewhere", pid=pid), n=2)
     claim_as(monkeypatch, kernel_a, this_owner()._replace(ns="pid:[1]", pid=pid), n=2)  # another container
 
@@ -130,7 +130,7 @@ def test_leases_of_another_host_or_pid_namespace_are_left_to_run_out(store_path,
 def test_a_span_reclaimed_by_an_older_release_after_the_dead_lease_ran_out_is_not_taken(store_path, records, monkeypatch):
     dead = this_owner()._replace(pid=dead_pid())
     kernel_a = SpanStore(str(store_path))
-    kernel_a.append(records(2), PENDING)
+    kernel_a.save(records(2), PENDING)
     claim_as(monkeypatch, kernel_a, dead)
     # An older trace_ext (which writes no owner) claims span 1 after the dead lease
     # ran out: the span keeps the dead kernel's name, with a later lease_until.
@@ -158,7 +158,7 @@ def test_a_store_from_the_previous_release_gets_lease_owners(store_path, records
     conn.close()
 
     store = SpanStore(str(store_path))
-    store.append(records(1), PENDING)
+    store.save(records(1), PENDING)
     claimed = store.claim(100, 10**9, 30)
 
     assert len(claimed) == 2 and leases(store_path) == [(this_owner().name, 1)] * 2
@@ -169,7 +169,7 @@ def test_a_store_from_the_previous_release_gets_lease_owners(store_path, records
 
 def test_looking_for_dead_kernels_reads_only_leased_rows(store_path, records):
     store = SpanStore(str(store_path))
-    store.append(records(1), PENDING)
+    store.save(records(1), PENDING)
     conn = store._disk()
     (plan,) = [row[3] for row in conn.execute(
         "EXPLAIN QUERY PLAN UPDATE spans SET lease_until = 0, lease_owner = NULL"

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from trace_ext._otlp import attributes_to_dict, decode_span
-from trace_ext._store import SpanStore
+from trace_ext._store.store import SpanStore
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from trace_ext._status import DeliveryStatus
-from trace_ext._widget import StatusDisplay
+from trace_ext._delivery.status import DeliveryStatus
+from trace_ext._display.widget import StatusDisplay
 
 from .conftest import clean_env
 from .kernel import counts_in

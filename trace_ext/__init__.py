@@ -14,10 +14,11 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._observe import observe, span
-    from ._status import DeliveryReport
+    from ._capture.observe import observe, span
+    from ._delivery.status import DeliveryReport
 
-__version__ = "0.1.0"
+from ._version import __version__
+
 __all__ = ["__version__", "flush", "load_ipython_extension", "observe", "span", "unload_ipython_extension"]
 _LAZY = ("observe", "span")  # imported on first use: they need OpenTelemetry, the package doesn't
 
@@ -51,9 +52,9 @@ def flush(timeout: float = 10.0) -> DeliveryReport:
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from . import _observe
+        from ._capture import observe as observe_module
 
-        return getattr(_observe, name)
+        return getattr(observe_module, name)
     raise AttributeError(f"module 'trace_ext' has no attribute {name!r}")
 
 

@@ -59,8 +59,8 @@ def _print_traces(path: str, limit: int, since: float = 0.0) -> None:
     if not os.path.exists(path):
         print(f"Nothing has been recorded at {path} yet.")
         return
-    from ._store import SpanStore
-    from ._view import render_text
+    from ._display.view import render_text
+    from ._store.store import SpanStore
 
     store = SpanStore(path)
     try:

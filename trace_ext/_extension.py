@@ -14,23 +14,26 @@ import uuid
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from . import _threads
-from ._cells import CellTracer, strip_trace_line
-from ._destination import environment_fingerprint
-from ._export import SENDER_SETTINGS, sender_config
+from ._capture import threads
+from ._capture.cells import CellTracer, strip_trace_line
+from ._delivery.destination import (
+    SENDER_SETTINGS,
+    environment_fingerprint,
+    sender_config,
+)
+from ._delivery.sender import Sender
+from ._delivery.status import DeliveryReport, DeliveryStatus
+from ._display.magics import TraceMagics, wrap_config_magic
+from ._display.view import TraceView
+from ._display.widget import StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
-from ._magics import TraceMagics, wrap_config_magic
 from ._redact import Redactor, secrets_of
-from ._sdks import Sdks
-from ._sender import Sender
-from ._status import DeliveryReport, DeliveryStatus
-from ._store import LOCAL, PENDING, open_store
-from ._store_watch import StoreWatch
-from ._view import TraceView
-from ._widget import StatusDisplay, in_a_cell
+from ._sdks.sdks import Sdks
+from ._store.schema import SpanState
+from ._store.store import open_store
 from .config import settings_from
 
-__all__ = ["Extension", "active", "load", "unload"]
+__all__ = ["Extension", "StoreWatch", "active", "load", "unload"]
 
 _ACTIVE: dict[int, "Extension"] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
@@ -64,17 +67,17 @@ class Extension:
         counts = self.store.counts()
         self.status.local, self.status.pending = counts.local, counts.pending
         # The global provider is used; with none, ours holds the place (see _providers).
-        self.sdks = Sdks(self.status, self.commit, s.sdk_flush_timeout)
+        self.sdks = Sdks(self.status, self.save, s.sdk_flush_timeout)
         if self.sdks.providers.warning:
             self.status.last_error = self.sdks.providers.warning
         self.processor = self.sdks.processor
-        self.sender = Sender(self.store, self.status, self.commit)
+        self.sender = Sender(self.store, self.status, self.save)
         self.sender.periodic = not s.flush_after_cell
-        self.processor.activate(s.max_attribute_length, self.sender.request_spill, self.commit)
+        self.processor.activate(s.max_attribute_length, self.sender.request_save, self.save)
         self._apply_destination()
         self.sender.start()
         # Spans from threads and executor tasks a cell starts nest under the cell.
-        _threads.install()
+        threads.install()
         self.cells = CellTracer(self.sdks.providers.tracer, s, self.session_id)
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
@@ -102,9 +105,9 @@ class Extension:
             shell.input_transformers_cleanup.remove(strip_trace_line)
         shell.events.unregister("post_run_cell", self._post_run_cell)
         shell.events.unregister("pre_run_cell", self._pre_run_cell)
-        _threads.uninstall()
+        threads.uninstall()
         self.cells.end_open_span("trace_ext was unloaded while the cell ran.")
-        self.commit()
+        self.save()
         self.processor.deactivate()
         self.sdks.stop()  # other SDKs' exporters are theirs again
         self.sender.shutdown(s.shutdown_timeout)
@@ -114,7 +117,7 @@ class Extension:
     def _at_exit(self) -> None:
         try:
             self.cells.end_open_span("The kernel exited while the cell ran.")
-            self.commit()
+            self.save()
             report = self.sender.shutdown(self.settings.shutdown_timeout)
             if report.pending:
                 log.info("%s spans stay in %s and are sent next time.", report.pending, self.store.path)
@@ -140,7 +143,7 @@ class Extension:
             if peers_changed or self._env != environment_fingerprint():
                 self._env = environment_fingerprint()
                 self._apply_destination()
-            self.commit()
+            self.save()
             self.sender.wake()
             self.sdks.flush_after_cell()
         except Exception as exc:
@@ -152,15 +155,15 @@ class Extension:
 
     # -- the pipeline ---------------------------------------------------------
 
-    def commit(self) -> None:
+    def save(self) -> None:
         """Move buffered spans into the store: durable once this returns."""
-        records = self.processor.drain()
+        records = self.processor.take()
         if not records:
             return
         sending = self.sender.config is not None
         try:
             # On a store file that can't be written, this goes to memory instead.
-            stored = self.store.append(records, PENDING if sending else LOCAL)
+            stored = self.store.save(records, SpanState.PENDING if sending else SpanState.LOCAL)
         except (sqlite3.Error, OSError) as exc:
             self.processor.put_back(records)
             self.status.last_error = (
@@ -231,7 +234,7 @@ class Extension:
             with self.settings.hold_trait_notifications():
                 self.settings.set_trait("store_path", change["old"])
             raise
-        self.commit()
+        self.save()
         self.sender.shutdown(min(self.settings.shutdown_timeout, 1.0))
         self.store.close()
         self.store, path = store, change["new"]
@@ -240,7 +243,7 @@ class Extension:
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.store_path = path
             self.status.local, self.status.pending = counts.local, counts.pending
-        self.sender = Sender(self.store, self.status, self.commit)
+        self.sender = Sender(self.store, self.status, self.save)
         self.sender.periodic = not self.settings.flush_after_cell
         self._apply_destination()
         self.sender.start()
@@ -259,11 +262,11 @@ class Extension:
         self._displays.clear()
 
     def flush(self, timeout: float) -> DeliveryReport:
-        self.commit()
+        self.save()
         return self.sender.flush(timeout)
 
     def view(self, count: int) -> TraceView:
-        self.commit()
+        self.save()
         return TraceView(self.store.recent_traces(count))
 
     def retry_failed(self) -> str:
@@ -275,6 +278,43 @@ class Extension:
                 self.status.failed = max(self.status.failed - count, 0)
             self.sender.wake()
         return f"{count} failed spans queued again."
+
+
+class StoreWatch:
+    """Keeps the status in step with the current store."""
+
+    def __init__(self, status: DeliveryStatus) -> None:
+        self._status = status
+        self._store = None
+        self._shown = ""  # the store problem last put in last_error
+
+    def watch(self, store, settings) -> None:
+        """Follow ``store`` from now on (the old one, if any, is forgotten)."""
+        self._store = store
+        store.listener = lambda: self._changed(store)
+        if store.notice:  # a damaged file was moved aside
+            self._status.last_error = store.notice
+        self.apply_retention(settings)
+        self._changed(store)
+
+    def apply_retention(self, settings) -> None:
+        store = self._store
+        store.retention_seconds = settings.retention_days * 86400 if settings.retention_days else None
+        store.max_bytes = int(settings.retention_mb * 2**20) if settings.retention_mb else None
+        store.settings_changed()  # pruned by the sender thread at its next checkpoint
+
+    def _changed(self, store) -> None:
+        if store is not self._store:
+            return  # an old store, replaced meanwhile
+        status = self._status
+        warning, in_memory, dropped = store.warning, store.memory_count(), store.dropped
+        with status.lock, status.hold_trait_notifications():
+            if warning and not status.store_warning:
+                status.last_error = self._shown = warning
+            elif not warning and self._shown and status.last_error == self._shown:
+                status.last_error = ""  # the store's problem is over: don't keep showing it
+            status.store_warning = warning
+            status.in_memory, status.dropped = in_memory, dropped
 
 
 def active(shell=None) -> Extension | None:

@@ -30,7 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from ._capture import truncate
+from ._capture.values import truncate
 
 __all__ = [
     "OriginCache", "SpanRecord", "attributes_to_dict", "build_request", "clean_text", "decode_span",

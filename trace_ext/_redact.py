@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
+
+from ._sdks import langfuse
 
 __all__ = ["MARK", "Redactor", "RedactingFilter", "SecretHeaders", "redacted_span", "secrets_of"]
 
@@ -53,10 +54,7 @@ def secrets_of(headers: Mapping[str, str]) -> set[str]:
     for value in headers.values():
         found.add(value)
         found.update(_credential_parts(value))
-    for name in ("LANGFUSE_SECRET_KEY", "LANGFUSE_PUBLIC_KEY"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            found.add(value)
+    found.update(langfuse.secret_keys())
     return {s for s in found if len(s) >= MIN_SECRET_LENGTH}
 
 

@@ -13,7 +13,17 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from IPython.core.error import UsageError
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 from traitlets.config import Configurable
 
 __all__ = ["SettingError", "TraceExt", "settings_from"]

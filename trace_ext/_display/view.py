@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 from typing import Iterator
 
-from ._otlp import attributes_to_dict, decode_span
-from ._store import StoredSpan
+from .._otlp import attributes_to_dict, decode_span
+from .._store.store import StoredSpan
 
 __all__ = ["TraceView", "render_text"]
 

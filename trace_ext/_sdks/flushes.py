@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Callable
 
-from ._log import log
-from ._status import DeliveryStatus
+from .._delivery.status import DeliveryStatus
+from .._log import log
 
 __all__ = ["PeerFlush"]
 

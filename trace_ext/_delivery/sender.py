@@ -10,7 +10,6 @@ has a timeout, and nothing here ever runs on the cell's thread except
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Callable
@@ -18,34 +17,36 @@ from typing import Callable
 import httpx
 from opentelemetry import context as otel_context
 
-from ._export import SPLIT, Failed, Outcome, Retry, Sent, SenderConfig, TooLarge
-from ._export import encode_batch, export, new_client
-from ._oversize import deliver_shrunk
-from ._status import DeliveryReport, DeliveryStatus
-from ._store import Claimed, SpanStore
+from .._store.store import Claimed, SpanStore
+from .destination import SenderConfig
+from .policy import (
+    SPLIT,
+    Failed,
+    Outcome,
+    Retry,
+    Sent,
+    TooLarge,
+    backoff_delay,
+    deliver_shrunk,
+)
+from .request import encode_batch, export, new_client
+from .status import DeliveryReport, DeliveryStatus
 
-__all__ = ["Sender", "backoff_delay"]
+__all__ = ["Sender"]
 
 log = logging.getLogger("trace_ext")
 
-BACKOFF_BASE = 1.0  # seconds before the first retry
-BACKOFF_CAP = 30.0  # seconds: retries never space out further than this
 POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
 CHECKPOINT_INTERVAL = 2.0  # seconds between write-ahead-log checkpoints
-
-
-def backoff_delay(attempt: int) -> float:
-    """Seconds before retry ``attempt`` (from 0): doubling to the cap; jitter keeps kernels out of step."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 32)) * random.uniform(0.5, 1.0)
 
 
 class Sender:
     """Delivers the store's pending spans in the background."""
 
-    def __init__(self, store: SpanStore, status: DeliveryStatus, spill: Callable[[], None]) -> None:
+    def __init__(self, store: SpanStore, status: DeliveryStatus, save: Callable[[], None]) -> None:
         self._store = store
         self._status = status
-        self._spill = spill  # moves the in-memory buffer into the store
+        self._save = save  # moves the in-memory buffer into the store
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._config: SenderConfig | None = None
@@ -54,7 +55,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._flush_now = False
-        self._spill_now = False
+        self._save_now = False
         self._attempt = 0
         self._retry_at = 0.0  # epoch seconds; no request before it
         self._server_wait_until = 0.0  # epoch seconds: the server's own Retry-After
@@ -88,8 +89,8 @@ class Sender:
         if not self.periodic:
             self._wake.set()
 
-    def request_spill(self) -> None:
-        self._spill_now = True
+    def request_save(self) -> None:
+        self._save_now = True
         self._wake.set()
 
     def flush(self, timeout: float) -> DeliveryReport:
@@ -162,9 +163,9 @@ class Sender:
         self._close_client()
 
     def _step(self) -> None:
-        if self._spill_now:
-            self._spill_now = False
-            self._spill()
+        if self._save_now:
+            self._save_now = False
+            self._save()
         if self._stopping:
             return
         if time.monotonic() - self._checkpointed > CHECKPOINT_INTERVAL:

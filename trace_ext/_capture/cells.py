@@ -11,20 +11,71 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Callable
 
 import IPython
 from IPython.core.error import UsageError
+from IPython.core.magic_arguments import MagicArgumentParser
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from ._capture import describe_exception, describe_value, shown_text, truncate
-from ._magics import CellArgs, parse_cell_args
+from .values import capture, describe_exception, shown_text, truncate
 
-__all__ = ["CellTracer", "split_traced_cell", "strip_trace_line"]
+__all__ = ["USAGE", "CellArgs", "CellTracer", "command_parser", "parse_cell_args", "split_traced_cell", "split_words", "strip_trace_line"]
+
+USAGE = "%%trace [NAME] [--session ID] [--user ID] [--tag TAG]... [--metadata KEY=VALUE]..."
+
+
+@dataclass(frozen=True)
+class CellArgs:
+    name: str | None = None
+    session: str | None = None
+    user: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def split_words(line: str, what: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc} in {line.strip()!r}; see {what}? for usage.") from None
+
+
+def command_parser(prog: str, usage: str) -> MagicArgumentParser:
+    # MagicArgumentParser turns argparse's errors into UsageError instead of exiting.
+    return MagicArgumentParser(prog=prog, add_help=False, usage=usage)
+
+
+def _cell_parser() -> MagicArgumentParser:
+    parser = command_parser("%%trace", USAGE)
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--session")
+    parser.add_argument("--user")
+    parser.add_argument("--tag", action="append", default=[])
+    parser.add_argument("--metadata", action="append", default=[])
+    return parser
+
+
+def parse_cell_args(line: str) -> CellArgs:
+    """Parse the ``%%trace`` line's arguments; a mistake raises one-sentence ``UsageError``."""
+    try:
+        ns = _cell_parser().parse_args(split_words(line, "%%trace"))
+    except UsageError as exc:
+        raise UsageError(f"%%trace: {str(exc).rstrip('.')}; usage: {USAGE}") from None
+    metadata = {}
+    for item in ns.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"%%trace: --metadata takes KEY=VALUE, not {item!r}.")
+        metadata[key] = value
+    return CellArgs(ns.name, ns.session, ns.user, tuple(ns.tag), metadata)
+
 
 _TRACE_LINE = re.compile(r"%%trace(?:[ \t]+(.*))?")
 _IPYTHON_DIR = os.path.dirname(os.path.abspath(IPython.__file__))
@@ -171,7 +222,8 @@ class CellTracer:
         elif result.result is not None:
             # The text IPython showed the user (no user code runs again), else a
             # time-limited repr; arrays and data frames get a shape/dtype header.
-            output = describe_value(result.result, limit, shown_text(IPython.get_ipython(), result))
+            shown = shown_text(IPython.get_ipython(), result)
+            output, _mime = capture(result.result, limit, displayed=True, shown=shown)
             span.set_attribute("langfuse.observation.output", output)
             span.set_attribute("output.value", output)
 

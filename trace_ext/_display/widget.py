@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable
 
-from ._status import DeliveryStatus
+from .._delivery.status import DeliveryStatus
 
 __all__ = ["StatusDisplay", "in_a_cell", "status_html", "status_text"]
 

@@ -25,8 +25,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._once import Once
 
-from . import __version__
-from ._processor import BufferingSpanProcessor
+from .._version import __version__
+from .processor import BufferingSpanProcessor
 
 __all__ = ["Providers", "api_tracer", "default_resource", "processors_of"]
 
@@ -102,11 +102,11 @@ class Providers:
 
     def yield_place(self) -> None:
         """Let a provider the notebook sets later replace trace_ext's own as the global one."""
-        _LISTENERS[:] = [self]
+        _LOADED[:] = [self]
         trace.set_tracer_provider = _set_tracer_provider
 
     def stop_yielding(self) -> None:
-        _LISTENERS.clear()
+        _LOADED.clear()
         trace.set_tracer_provider = _ORIGINAL_SET
 
     def _own(self) -> TracerProvider:
@@ -142,7 +142,9 @@ def _add_beside(provider: TracerProvider, processor: BufferingSpanProcessor) -> 
 
 
 _ORIGINAL_SET = trace.set_tracer_provider
-_LISTENERS: list[Providers] = []
+# The Providers of the loaded extension (at most one per process): told of a provider the
+# notebook sets, and the source of the tracer trace_ext.observe/span use.
+_LOADED: list[Providers] = []
 
 
 def _set_tracer_provider(tracer_provider) -> None:
@@ -153,15 +155,13 @@ def _set_tracer_provider(tracer_provider) -> None:
         trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
         trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
     _ORIGINAL_SET(tracer_provider)
-    for providers in list(_LISTENERS):
+    for providers in list(_LOADED):
         providers.refresh()
 
 
 def api_tracer() -> trace.Tracer:
     """The tracer ``trace_ext.observe`` and ``trace_ext.span`` use (call it per span: it is cheap)."""
-    from ._extension import active
-
-    extension = active()
-    if extension is not None:
-        return extension.sdks.providers.tracer()
+    loaded = _LOADED[0] if _LOADED else None
+    if loaded is not None:
+        return loaded.tracer()
     return trace.get_tracer("trace_ext", __version__)

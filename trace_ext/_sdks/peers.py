@@ -19,7 +19,6 @@ is guarded, and a processor we can't read is simply left alone and flushed.
 
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -27,8 +26,9 @@ from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from ._destination import Destination
-from ._providers import processors_of
+from .._delivery.destination import Destination
+from .._recording.providers import processors_of
+from . import langfuse
 
 __all__ = ["HandedOver", "Peer", "Peers", "same_url"]
 
@@ -103,18 +103,18 @@ class Peer:
 
 def _name(processor: object) -> str:
     module = type(processor).__module__
-    for prefix, name in (("langfuse", "Langfuse"), ("phoenix", "Phoenix")):
-        if module.startswith(prefix):
-            return name
+    if langfuse.is_langfuse(processor):
+        return langfuse.NAME
+    if module.startswith("phoenix"):
+        return "Phoenix"
     return type(processor).__name__
 
 
 def _otlp(exporter: object, kind: tuple[str, str] = _OTLP_HTTP) -> object | None:
-    # Langfuse wraps its OTLP exporter in a transforming one that keeps it in _exporter.
     for _ in range(3):
         if any((c.__module__, c.__name__) == kind for c in type(exporter).__mro__):
             return exporter
-        exporter = getattr(exporter, "_exporter", None)
+        exporter = langfuse.inner_exporter(exporter)
         if exporter is None:
             return None
     return None
@@ -197,7 +197,7 @@ class Peers:
     def followable(self) -> Destination | None:
         """Where to send when nothing is configured: the first OTLP/HTTP exporter found, Langfuse's first."""
         with self._lock:
-            candidates = sorted((p for p in self.peers if p.url), key=lambda p: p.name != "Langfuse")
+            candidates = sorted((p for p in self.peers if p.url), key=lambda p: p.name != langfuse.NAME)
         if not candidates:
             return None
         peer = candidates[0]
@@ -246,15 +246,13 @@ class Peers:
     def flush_jobs(self, timeout_s: float) -> list[tuple[str, Callable[[], object]]]:
         """``(name, flush)`` for each other SDK with something of its own to flush."""
         jobs: list[tuple[str, Callable[[], object]]] = []
-        for manager in _langfuse_clients():
-            # Its flush() also flushes the provider, scores and media uploads; it takes no timeout.
-            jobs.append(("Langfuse", manager.flush))
-        langfuse = bool(jobs)
+        jobs.extend(langfuse.flushes())
+        langfuse_flushed = bool(jobs)
         millis = int(timeout_s * 1000)
         with self._lock:
             peers = list(self.peers)
         for peer in peers:
-            if peer.handed_over or (langfuse and peer.name == "Langfuse"):
+            if peer.handed_over or (langfuse_flushed and peer.name == langfuse.NAME):
                 continue
             if peer.holder is None or peer.attribute == "span_exporter":
                 continue  # nothing queued: a simple processor exports as each span ends
@@ -271,11 +269,3 @@ def _empty_queue(processor: object) -> None:
     except Exception:
         pass
 
-
-def _langfuse_clients() -> list:
-    module = sys.modules.get("langfuse._client.resource_manager")
-    managers = getattr(getattr(module, "LangfuseResourceManager", None), "_instances", None)
-    try:
-        return [m for m in dict(managers or {}).values() if hasattr(m, "flush")]
-    except Exception:  # a Langfuse version we don't know: nothing to flush
-        return []

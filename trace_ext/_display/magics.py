@@ -1,73 +1,24 @@
-"""``%%trace`` and ``%trace``, their argument parsing, and ``%config TraceExt.*`` errors."""
+"""The ``%%trace`` / ``%trace`` magics and ``%config TraceExt.*`` errors: what the user types.
+
+The ``%%trace`` line's grammar belongs to the cell's span (:mod:`.._capture.cells`); this
+module only turns commands into calls on the loaded extension.
+"""
 
 from __future__ import annotations
 
 import ast
 import functools
 import re
-import shlex
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 from traitlets import TraitError
 
-if TYPE_CHECKING:
-    from ._extension import Extension
+from .._capture.cells import command_parser, parse_cell_args, split_words
 
-__all__ = ["CellArgs", "TraceMagics", "parse_cell_args", "wrap_config_magic"]
-
-USAGE = "%%trace [NAME] [--session ID] [--user ID] [--tag TAG]... [--metadata KEY=VALUE]..."
-
-
-@dataclass(frozen=True)
-class CellArgs:
-    name: str | None = None
-    session: str | None = None
-    user: str | None = None
-    tags: tuple[str, ...] = ()
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def _split(line: str, what: str) -> list[str]:
-    try:
-        return shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"{what}: {exc} in {line.strip()!r}; see {what}? for usage.") from None
-
-
-def _parser(prog: str, usage: str) -> MagicArgumentParser:
-    # MagicArgumentParser turns argparse's errors into UsageError instead of exiting.
-    return MagicArgumentParser(prog=prog, add_help=False, usage=usage)
-
-
-def _cell_parser() -> MagicArgumentParser:
-    parser = _parser("%%trace", USAGE)
-    parser.add_argument("name", nargs="?")
-    parser.add_argument("--session")
-    parser.add_argument("--user")
-    parser.add_argument("--tag", action="append", default=[])
-    parser.add_argument("--metadata", action="append", default=[])
-    return parser
-
-
-def parse_cell_args(line: str) -> CellArgs:
-    """Parse the ``%%trace`` line's arguments; a mistake raises one-sentence ``UsageError``."""
-    try:
-        ns = _cell_parser().parse_args(_split(line, "%%trace"))
-    except UsageError as exc:
-        raise UsageError(f"%%trace: {str(exc).rstrip('.')}; usage: {USAGE}") from None
-    metadata = {}
-    for item in ns.metadata:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"%%trace: --metadata takes KEY=VALUE, not {item!r}.")
-        metadata[key] = value
-    return CellArgs(ns.name, ns.session, ns.user, tuple(ns.tag), metadata)
-
+__all__ = ["TraceMagics", "wrap_config_magic"]
 
 _LINE_COMMANDS = "status, flush [--timeout SECONDS], show [N] or retry"
 
@@ -76,7 +27,8 @@ _LINE_COMMANDS = "status, flush [--timeout SECONDS], show [N] or retry"
 class TraceMagics(Magics):
     """The ``trace`` line and cell magic."""
 
-    def __init__(self, shell, extension: Extension) -> None:
+    def __init__(self, shell, extension) -> None:
+        # ``extension`` is the loaded _extension.Extension (not imported: it imports this module).
         super().__init__(shell)
         self._ext = extension
 
@@ -113,12 +65,12 @@ class TraceMagics(Magics):
         """
         if cell is not None:
             return self._traced_cell_fallback(line, cell)
-        words = _split(line, "%trace")
+        words = split_words(line, "%trace")
         command, rest = (words[0], words[1:]) if words else ("status", [])
         if command == "status" and not rest:
             display(self._ext.status_display())
         elif command == "flush":
-            parser = _parser("%trace flush", "%trace flush [--timeout SECONDS]")
+            parser = command_parser("%trace flush", "%trace flush [--timeout SECONDS]")
             parser.add_argument("--timeout", type=float, default=10.0)
             ns = parser.parse_args(rest)
             if ns.timeout < 0:

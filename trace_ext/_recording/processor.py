@@ -13,8 +13,8 @@ from typing import Callable
 
 from opentelemetry.sdk.trace import SpanProcessor
 
-from ._otlp import OriginCache, SpanRecord, encode_span
-from ._redact import Redactor, redacted_span
+from .._otlp import OriginCache, SpanRecord, encode_span
+from .._redact import Redactor, redacted_span
 
 __all__ = ["BufferingSpanProcessor"]
 
@@ -22,7 +22,7 @@ log = logging.getLogger("trace_ext")
 
 # Past this many buffered spans the sender is asked to move them to disk, so a
 # long-running cell that produces spans by the thousand doesn't hold them in RAM.
-SPILL_THRESHOLD = 2000
+SAVE_THRESHOLD = 2000
 
 
 class BufferingSpanProcessor(SpanProcessor):
@@ -34,8 +34,8 @@ class BufferingSpanProcessor(SpanProcessor):
         self._origins = OriginCache()
         self._active = False
         self._limit = 32_768
-        self._on_spill: Callable[[], None] | None = None
-        self._on_shutdown: Callable[[], None] | None = None
+        self._on_full: Callable[[], None] | None = None  # the buffer is big: ask for a save
+        self._save: Callable[[], None] | None = None  # save the buffer now, on this thread
         self.encode_errors = 0
         self._redactor = Redactor()
         # Called at each span's start and end, to notice processors other SDKs
@@ -45,11 +45,11 @@ class BufferingSpanProcessor(SpanProcessor):
     def activate(
         self,
         attribute_limit: int,
-        on_spill: Callable[[], None],
-        on_shutdown: Callable[[], None],
+        on_full: Callable[[], None],
+        save: Callable[[], None],
     ) -> None:
         self._limit = attribute_limit
-        self._on_spill, self._on_shutdown = on_spill, on_shutdown
+        self._on_full, self._save = on_full, save
         self._active = True
 
     def deactivate(self) -> None:
@@ -57,7 +57,7 @@ class BufferingSpanProcessor(SpanProcessor):
         # unloaded extension leaves this one in place, doing nothing; loading
         # again re-activates the same instance instead of stacking a second.
         self._active = False
-        self._on_spill = self._on_shutdown = None
+        self._on_full = self._save = None
 
     def set_redactor(self, redactor: Redactor) -> None:
         self._redactor = redactor
@@ -86,12 +86,12 @@ class BufferingSpanProcessor(SpanProcessor):
         with self._lock:
             self._buffer.append(record)
             size = len(self._buffer)
-        # Every SPILL_THRESHOLD spans, not only at it: put_back() (a failed store
-        # write) can leave the buffer past the threshold, and spills must go on.
-        if size % SPILL_THRESHOLD == 0 and self._on_spill is not None:
-            self._on_spill()
+        # Every SAVE_THRESHOLD spans, not only at it: put_back() (a failed store
+        # write) can leave the buffer past the threshold, and saves must go on.
+        if size % SAVE_THRESHOLD == 0 and self._on_full is not None:
+            self._on_full()
 
-    def drain(self) -> list[SpanRecord]:
+    def take(self) -> list[SpanRecord]:
         with self._lock:
             records, self._buffer = self._buffer, []
         return records
@@ -107,12 +107,12 @@ class BufferingSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         # Other SDKs' flush() (Langfuse's, the provider's) lands here. Storing is
         # all we owe them: delivery happens in the background.
-        callback = self._on_shutdown
+        callback = self._save
         if callback is not None:
             callback()
         return True
 
     def shutdown(self) -> None:
-        callback = self._on_shutdown
+        callback = self._save
         if callback is not None:
             callback()

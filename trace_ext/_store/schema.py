@@ -1,23 +1,33 @@
-"""The store's tables, span states and id ranges, and the small SQL helpers every
-part of the store uses (:mod:`._store`, :mod:`._store_memory`, :mod:`._store_retention`,
-:mod:`._store_leases`). Nothing here holds state: it is the vocabulary the
-others share, kept apart so that none of them imports another's class.
+"""The store's tables, span states and id ranges, and the small SQL helpers the
+store and its leases share. Nothing here holds state; it imports nothing of trace_ext.
 """
 
 from __future__ import annotations
 
+import enum
 import sqlite3
 from contextlib import suppress
 from typing import Iterable, Sequence
 
 __all__ = [
-    "CHUNK", "COLUMNS", "FAILED", "LOCAL", "MEMORY_IDS", "PENDING", "SCHEMA", "SENT",
+    "CHUNK", "COLUMNS", "MEMORY_IDS", "SCHEMA", "SpanState",
     "origins_in", "split_ids", "update_in", "used_bytes",
 ]
 
-# States a span moves through. 'local': recorded while no destination was
-# configured (the embedded default), kept here and never sent on its own.
-LOCAL, PENDING, SENT, FAILED = "local", "pending", "sent", "failed"
+class SpanState(str, enum.Enum):
+    """Where a stored span stands. The values are what the ``state`` column holds."""
+
+    #: Recorded while no destination was configured (the embedded default): kept here, not sent on its own.
+    LOCAL = "local"
+    #: Waiting to be sent, or being retried.
+    PENDING = "pending"
+    #: The backend answered 2xx.
+    SENT = "sent"
+    #: The backend refused it; the reason is in ``error`` (``%trace retry`` queues it again).
+    FAILED = "failed"
+
+    def __str__(self) -> str:  # so f-strings and SQL parameters read the value
+        return self.value
 
 MEMORY_IDS = 1 << 60  # first row id in the in-memory database (disk ids stay far below)
 CHUNK = 5000  # rows per pruning / copying transaction, so a cell never waits long

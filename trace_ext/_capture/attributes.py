@@ -19,8 +19,7 @@ from typing import Any, Mapping
 
 from opentelemetry.trace import Status, StatusCode
 
-from ._capture import describe_exception, truncate
-from ._observe_values import MAX_VALUE_LENGTH, capture
+from .values import MAX_VALUE_LENGTH, capture, describe_exception, truncate
 
 __all__ = ["attribute", "record_error", "record_usage", "set_value", "type_attributes", "usage_of"]
 

@@ -1,16 +1,20 @@
-"""Where spans go: the destination from the settings and the environment, in the README's order."""
+"""Where spans go and how: the destination from the settings and the environment, in the
+README's order, and the sender's configuration made from them."""
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
-from .config import TraceExt, check_url, env
+from .._sdks import langfuse
+from ..config import SettingError, TraceExt, check_url, env
 
-__all__ = ["Destination", "environment_fingerprint", "resolve_certificate", "resolve_destination"]
+__all__ = [
+    "SENDER_SETTINGS", "Destination", "SenderConfig", "environment_fingerprint", "resolve_certificate",
+    "resolve_destination", "sender_config",
+]
 
 
 @dataclass(frozen=True)
@@ -49,26 +53,10 @@ def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
     if settings.endpoint:
         return Destination(settings.endpoint, "TraceExt.endpoint", extra), ""
 
-    base = env("LANGFUSE_BASE_URL", "LANGFUSE_HOST")
-    public, secret = env("LANGFUSE_PUBLIC_KEY"), env("LANGFUSE_SECRET_KEY")
-    if base and public and secret:
-        source = "LANGFUSE_BASE_URL" if env("LANGFUSE_BASE_URL") else "LANGFUSE_HOST"
-        url = check_url(source, base.rstrip("/") + "/api/public/otel/v1/traces")
-        token = base64.b64encode(f"{public}:{secret}".encode()).decode()
-        headers = {"Authorization": f"Basic {token}", "x-langfuse-ingestion-version": "4"}
-        return Destination(url, source, {**headers, **extra}), ""
-    warning = ""
-    if base or public or secret:
-        missing = [
-            name
-            for name, value in (
-                ("LANGFUSE_BASE_URL", base),
-                ("LANGFUSE_PUBLIC_KEY", public),
-                ("LANGFUSE_SECRET_KEY", secret),
-            )
-            if not value
-        ]
-        warning = f"Langfuse is not used because {' and '.join(missing)} is not set."
+    lf = langfuse.from_environment()
+    if lf.url:
+        return Destination(check_url(lf.source, lf.url), lf.source, {**lf.headers, **extra}), ""
+    warning = f"Langfuse is not used because {' and '.join(lf.missing)} is not set." if lf.missing else ""
 
     traces = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     generic = env("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -95,10 +83,8 @@ def environment_fingerprint() -> tuple[str | None, ...]:
     return tuple(
         os.environ.get(name)
         for name in (
-            "LANGFUSE_BASE_URL",
-            "LANGFUSE_HOST",
-            "LANGFUSE_PUBLIC_KEY",
-            "LANGFUSE_SECRET_KEY",
+            *langfuse.BASE_VARIABLES,
+            *langfuse.KEY_VARIABLES,
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_HEADERS",
@@ -107,3 +93,44 @@ def environment_fingerprint() -> tuple[str | None, ...]:
             "OTEL_EXPORTER_OTLP_CERTIFICATE",
         )
     )
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    destination: Destination
+    protocol: str = "http/protobuf"
+    compression: str = "gzip"
+    export_timeout: float = 10.0
+    max_batch_spans: int = 512
+    max_batch_bytes: int = 4_000_000
+    certificate: str | None = None  # CA bundle (PEM) to trust for the endpoint; None: the default CAs
+
+
+# The TraceExt settings that make up a SenderConfig: a change to one reconfigures the sender.
+SENDER_SETTINGS = frozenset({
+    "endpoint", "headers", "protocol", "compression", "export_timeout", "max_batch_spans",
+    "max_batch_bytes", "certificate",
+})
+
+
+def sender_config(
+    settings, followed: Destination | None = None
+) -> tuple[SenderConfig | None, Destination | None, str]:
+    """The sender's configuration from the settings and the environment (None: keep spans local),
+    the destination, and a one-sentence warning about a half-configured environment.
+    ``followed`` (another SDK's exporter) is used when nothing else is configured."""
+    try:
+        destination, warning = resolve_destination(settings)
+        if destination is None and followed is not None:
+            extra = dict(settings.headers)
+            destination = Destination(followed.url, followed.source, {**followed.headers, **extra})
+    except SettingError as exc:
+        return None, None, str(exc)
+    if destination is None:
+        return None, None, warning
+    s = settings
+    config = SenderConfig(
+        destination, s.protocol, s.compression, s.export_timeout, s.max_batch_spans,
+        s.max_batch_bytes, certificate=resolve_certificate(s),
+    )
+    return config, destination, warning

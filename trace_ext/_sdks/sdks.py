@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ._destination import Destination
-from ._peer_flush import PeerFlush
-from ._peers import Peers
-from ._providers import Providers
-from ._status import DeliveryStatus
+from .._delivery.destination import Destination
+from .._delivery.status import DeliveryStatus
+from .._recording.providers import Providers
+from .flushes import PeerFlush
+from .peers import Peers
 
 __all__ = ["Sdks"]
 
 
 class Sdks:
-    def __init__(self, status: DeliveryStatus, commit: Callable[[], None], flush_timeout: float) -> None:
+    def __init__(self, status: DeliveryStatus, save: Callable[[], None], flush_timeout: float) -> None:
         self.providers = Providers(on_attach=self._on_attach)
         self.processor = self.providers.processor
         self.peers = Peers(self.processor, self._record_handed_over)
         self.flushes = PeerFlush(status, flush_timeout)
-        self._commit = commit
+        self._save = save
         self._generation = -1  # the peers' generation the destination was worked out for
         self.processor.watch = self.peers.check
         self.providers.claim()  # the global provider, or ours made global
@@ -36,7 +36,7 @@ class Sdks:
         # Spans another SDK queued before trace_ext saw its provider: store them now.
         for span in spans:
             self.processor.record(span)
-        self._commit()
+        self._save()
 
     def followable(self) -> Destination | None:
         self._generation = self.peers.generation  # read first: a rescan meanwhile shows next cell

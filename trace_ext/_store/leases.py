@@ -22,7 +22,7 @@ import socket
 import sqlite3
 from typing import NamedTuple
 
-from ._store_schema import PENDING
+from .schema import SpanState
 
 __all__ = ["LEASE_CHECK_INTERVAL", "Owner", "alive", "ensure_schema", "record_lease", "take_over_dead", "this_owner"]
 
@@ -109,7 +109,7 @@ def take_over_dead(conn: sqlite3.Connection, me: Owner, now: float) -> int:
         cur = conn.execute(
             "UPDATE spans SET lease_until = 0, lease_owner = NULL"
             " WHERE lease_owner = ? AND state = ? AND lease_until > ? AND lease_until <= ?",
-            (owner, PENDING, now, until),
+            (owner, SpanState.PENDING, now, until),
         )
         freed += cur.rowcount
         conn.execute("DELETE FROM leases WHERE owner = ?", (owner,))

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterator
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import _genai as g
-from ._observe_values import Collector, bind_arguments
-from ._providers import api_tracer
+from .._recording.providers import api_tracer
+from . import attributes as g
+from .values import Collector, bind_arguments
 
 __all__ = ["observe", "span"]
 

@@ -1,0 +1,11 @@
+"""The store: every span from the moment its cell ends until it is sent (and for a while after).
+
+- :mod:`.store`: :class:`~.store.SpanStore`, the one class that owns the SQLite
+  file (and its in-memory fallback), and :func:`~.store.open_store`.
+- :mod:`.schema`: the tables, :class:`~.schema.SpanState`, and small SQL helpers.
+- :mod:`.leases`: which kernel holds a claimed batch, and taking over a dead one's.
+- :mod:`.files`: creating the file privately, telling a broken file from a busy one.
+
+May import: :mod:`.._otlp` (the record it saves). Knows nothing of threads,
+HTTP or the display.
+"""

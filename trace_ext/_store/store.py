@@ -1,0 +1,752 @@
+"""The local SQLite store: where every span lives from the end of its cell on.
+
+:class:`SpanStore` is one class for one concept: spans on disk (or, while the
+disk can't be written, in memory), with the states and leases the sender works
+with. Its parts, in the order below: connections and transactions, writing
+(save, claim, mark sent or failed, release), reading, the in-memory fallback,
+and retention.
+
+- WAL mode lets the sender read and mark spans while a cell saves new ones.
+- Several kernels may share one store: the sender *claims* a batch with a
+  lease, so a span is sent by one kernel at a time; a kernel that dies
+  mid-request leaves its lease to the next kernel on the host (:mod:`.leases`).
+- SQLite connections are not shared across threads, so each thread gets its own
+  connection to the file (``_disk``); a switch between disk and memory bumps
+  ``_generation`` and each thread reconnects on its next use.
+- While the file can't be written (a read-only folder, a full disk, a path that
+  isn't a folder) the store is one in-memory SQLite database, shared by all
+  threads behind ``_guard``. Spans recorded meanwhile are delivered from memory,
+  and :meth:`SpanStore.maintain` (run by the sender thread) copies them to the
+  file as soon as it can be written again. Rows of the in-memory database have
+  ids from ``MEMORY_IDS`` up, so an id always says which database holds it.
+- Retention deletes sent spans older than ``retention_seconds`` and, oldest
+  first, enough sent spans to keep the store under ``max_bytes``. Spans not yet
+  sent (pending, local, failed) are never deleted, whatever the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager, suppress
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+
+from IPython.core.error import UsageError
+
+from .._otlp import SpanRecord
+from .files import damaged, move_aside, private_file, storage_failure
+from .leases import (
+    LEASE_CHECK_INTERVAL,
+    ensure_schema,
+    record_lease,
+    take_over_dead,
+    this_owner,
+)
+from .schema import (
+    CHUNK,
+    COLUMNS,
+    MEMORY_IDS,
+    SCHEMA,
+    SpanState,
+    origins_in,
+    split_ids,
+    update_in,
+    used_bytes,
+)
+
+__all__ = ["Claimed", "Counts", "Pruned", "SpanStore", "StoredSpan", "open_store"]
+
+log = logging.getLogger("trace_ext")
+
+FAILED, LOCAL, PENDING, SENT = SpanState.FAILED, SpanState.LOCAL, SpanState.PENDING, SpanState.SENT
+MEMORY_LIMIT_BYTES = 256 * 2**20  # most bytes the in-memory database may hold
+REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode
+PRUNE_INTERVAL = 60.0  # seconds between retention passes
+_SQLITE_BUSY_SNAPSHOT = 517  # "database is locked" that no wait can cure (see _write)
+
+
+def _megabytes(size: float) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
+
+
+class Claimed(NamedTuple):
+    id: int
+    origin: int
+    payload: bytes
+
+
+class Counts(NamedTuple):
+    local: int = 0
+    pending: int = 0
+    sent: int = 0
+    failed: int = 0
+
+
+class StoredSpan(NamedTuple):
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    status: int
+    state: str
+    error: str | None
+    payload: bytes
+
+
+class Pruned(NamedTuple):
+    """What one retention pass did."""
+
+    expired: int = 0  # sent spans older than the retention time, deleted
+    over_cap: int = 0  # sent spans deleted (oldest first) to bring the store under its size cap
+    size: int = 0  # bytes the store's data takes afterwards
+    over: bool = False  # still over the cap: what is left is unsent, and unsent spans are kept
+
+
+class SpanStore:
+    """Spans on disk (or, while the disk can't be written, in memory), with the
+    states and leases the sender works with."""
+
+    def __init__(self, path: str, busy_timeout: float = 2.0, in_memory: BaseException | None = None) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._origin_ids: dict[bytes, int] = {}
+        self._generation = 0  # bumped at every switch between disk and memory
+        # In memory mode: the one connection, the lock every use of it holds,
+        # and the next explicit ids.
+        self._memory: sqlite3.Connection | None = None
+        self._guard = threading.RLock()
+        self._next_id = self._next_origin = MEMORY_IDS
+        self._deferred: list[tuple[str, tuple, list[int]]] = []  # disk updates to apply once writable
+        self._reopen_at = 0.0
+        self._pruned_at = 0.0
+        self._leases_checked_at = float("-inf")  # monotonic; the first claim looks for dead kernels' leases
+        self._closed = False
+        #: Retention: sent spans older than this many seconds are deleted (None: kept).
+        self.retention_seconds: float | None = None
+        #: Size cap in bytes: the oldest sent spans are deleted to stay under it (None: no cap).
+        self.max_bytes: int | None = None
+        self.memory_limit = MEMORY_LIMIT_BYTES
+        #: A one-off message from opening the store (a damaged file moved aside).
+        self.notice = ""
+        #: The store's current problem in one sentence ("" when all is well).
+        self.warning = ""
+        self.dropped = 0  # spans that could not be kept anywhere (memory limit reached)
+        self.over_cap = False
+        #: Called (from any thread) whenever ``warning``, ``dropped`` or the memory count change.
+        self.listener: Callable[[], None] | None = None
+        self._reason = ""
+        self._memory_origins: dict[bytes, int] = {}
+        if in_memory is not None:
+            self._enter_memory(in_memory)
+            return
+        try:
+            private_file(path)
+            conn = self._disk()
+            conn.executescript(SCHEMA)
+            ensure_schema(conn)  # stores from before lease owners get the column here
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections and transactions --------------------------------------
+
+    @property
+    def in_memory(self) -> bool:
+        return self._memory is not None
+
+    def _disk(self) -> sqlite3.Connection:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and getattr(local, "generation", -1) != self._generation:
+            # The store switched since this thread connected: start afresh.
+            with self._lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            with suppress(sqlite3.Error):
+                conn.close()
+            conn = None
+        if conn is None:
+            conn = self._open_disk()
+            local.conn, local.generation = conn, self._generation
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _open_disk(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN ... COMMIT).
+        conn = sqlite3.connect(self.path, self._busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            # Only takes effect in a new file: lets pruning give space back to the OS.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives the kernel being killed (it is
+            # in the OS's hands); only a power cut may lose the last commits.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # No automatic checkpoints: one would run inside some cell's COMMIT
+            # (~10 ms every ~40 cells). The sender thread checkpoints instead.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection to the active database (callers in memory mode hold the guard)."""
+        memory = self._memory
+        return memory if memory is not None else self._disk()
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """The active database's connection; in memory mode, held by this thread alone."""
+        if self._memory is not None:
+            with self._guard:
+                memory = self._memory
+                if memory is not None:
+                    yield memory
+                    return
+        yield self._disk()
+
+    def close(self) -> None:
+        self._close_memory()
+        self._closed = True
+        with self._guard:
+            memory, self._memory = self._memory, None
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections + ([memory] if memory is not None else []):
+            with suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction. While another connection holds the lock, retry every
+        0.2 ms: SQLite's own busy handler sleeps 1, 2, 5, 10 ms for a lock held for µs."""
+        with self._use() as conn:
+            deadline = time.monotonic() + self._busy_timeout
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                while True:
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        # BUSY_SNAPSHOT: this connection still reads an old snapshot (a statement
+                        # left open on it), and waiting can't change that: fail now, not in 2 s.
+                        stale = getattr(exc, "sqlite_errorcode", None) == _SQLITE_BUSY_SNAPSHOT
+                        if stale or "locked" not in str(exc) or time.monotonic() >= deadline:
+                            raise
+                        time.sleep(0.0002)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                with suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
+                    conn.execute("ROLLBACK")
+                raise
+
+    # -- writing -----------------------------------------------------------
+
+    def _origin_id(self, conn: sqlite3.Connection, record: SpanRecord) -> int:
+        memory = conn is self._memory
+        cache = self._memory_origins if memory else self._origin_ids
+        cached = cache.get(record.origin)
+        if cached is not None:
+            return cached
+        if memory:
+            conn.execute(
+                "INSERT OR IGNORE INTO origins(id, digest, resource, scope) VALUES (?, ?, ?, ?)",
+                (self._next_origin, record.origin, record.resource, record.scope),
+            )
+            self._next_origin += 1
+        else:
+            conn.execute(
+                "INSERT OR IGNORE INTO origins(digest, resource, scope) VALUES (?, ?, ?)",
+                (record.origin, record.resource, record.scope),
+            )
+        (origin_id,) = conn.execute("SELECT id FROM origins WHERE digest = ?", (record.origin,)).fetchone()
+        cache[record.origin] = origin_id
+        return origin_id
+
+    def _on_storage_failure(self, method, *args):
+        """``method(*args)``; if the file can't take it, switch to memory and do it there."""
+        try:
+            return method(*args)
+        except (OSError, sqlite3.Error) as exc:
+            if self._memory is not None or not storage_failure(exc):
+                raise
+            self._enter_memory(exc)
+        return method(*args)
+
+    def save(self, records: Sequence[SpanRecord], state: SpanState) -> int:
+        """Write ended spans in one transaction: durable when this returns (unless
+        the store is in memory). Returns how many were kept: all of them, unless
+        the in-memory store is full, and then the others are counted in ``dropped``."""
+        if not records:
+            return 0
+        return self._on_storage_failure(self._save, records, state)
+
+    def _save(self, records: Sequence[SpanRecord], state: SpanState) -> int:
+        now = time.time()
+        kept = len(records)
+        try:
+            with self._write() as conn:
+                memory = conn is self._memory
+                if memory:
+                    kept = self._room_for(conn, records)
+                    if kept < len(records):
+                        self.dropped += len(records) - kept
+                        records = records[:kept]
+                rows = [
+                    (
+                        r.trace_id, r.span_id, r.parent_id, r.name, r.start_ns, r.end_ns, r.status,
+                        self._origin_id(conn, r), r.payload, len(r.payload), state, now,
+                    )
+                    for r in records
+                ]
+                columns = ("trace_id, span_id, parent_id, name, start_ns, end_ns, status,"
+                           " origin, payload, size, state, recorded_at")
+                if memory:  # explicit ids from MEMORY_IDS up
+                    first, self._next_id = self._next_id, self._next_id + len(rows)
+                    conn.executemany(f"INSERT INTO spans(id, {columns}) VALUES ({','.join('?' * 13)})",
+                                     [(first + i, *row) for i, row in enumerate(rows)])
+                else:
+                    conn.executemany(f"INSERT INTO spans({columns}) VALUES ({','.join('?' * 12)})", rows)
+        except BaseException:
+            # Ids cached inside the rolled-back transaction may not exist.
+            self._origin_ids.clear()
+            self._memory_origins.clear()
+            raise
+        if self._memory is not None:
+            self._update_warning()
+        return kept
+
+    def claim(self, max_spans: int, max_bytes: int, lease_seconds: float) -> list[Claimed]:
+        """Lease the oldest pending spans (at least one, at most the limits) to this sender."""
+        return self._on_storage_failure(self._claim, max_spans, max_bytes, lease_seconds)
+
+    def _claim(self, max_spans: int, max_bytes: int, lease_seconds: float) -> list[Claimed]:
+        now = time.time()
+        owner = this_owner()
+        with self._write() as conn:
+            on_disk = conn is not self._memory  # in memory, every lease is this process's own
+            if on_disk and time.monotonic() - self._leases_checked_at >= LEASE_CHECK_INTERVAL:
+                self._leases_checked_at = time.monotonic()
+                take_over_dead(conn, owner, now)
+            rows = conn.execute(
+                "SELECT id, origin, size FROM spans WHERE state = ? AND lease_until <= ?"
+                " ORDER BY id LIMIT ?",
+                (PENDING, now, max_spans),
+            ).fetchall()
+            chosen, total = [], 0
+            for span_id, _origin, size in rows:
+                if chosen and total + size > max_bytes:
+                    break
+                chosen.append(span_id)
+                total += size
+            if not chosen:
+                return []
+            marks = ",".join("?" * len(chosen))
+            conn.execute(
+                f"UPDATE spans SET lease_until = ?, lease_owner = ?, attempts = attempts + 1 WHERE id IN ({marks})",
+                (now + lease_seconds, owner.name, *chosen),
+            )
+            if on_disk:
+                record_lease(conn, owner, now + lease_seconds)
+            rows = conn.execute(
+                f"SELECT id, origin, payload FROM spans WHERE id IN ({marks}) ORDER BY id", chosen
+            ).fetchall()
+        return [Claimed(*row) for row in rows]
+
+    def _update(self, sql: str, params: tuple, ids: Sequence[int]) -> None:
+        """Short UPDATE ... WHERE id IN (...) transactions, on whichever database holds the ids."""
+        for in_memory, part in split_ids(ids):
+            if in_memory:
+                with self._guard:
+                    if self._memory is not None:  # else they were copied to disk meanwhile
+                        update_in(self._memory, sql, params, part)
+                continue
+            if self._memory is not None:
+                # The file can't be written now: apply this when it can (spans sent
+                # meanwhile would otherwise be sent again).
+                self._deferred.append((sql, params, part))
+                continue
+            try:
+                with self._write() as conn:
+                    update_in(conn, sql, params, part, in_transaction=True)
+            except (OSError, sqlite3.Error) as exc:
+                if not storage_failure(exc):
+                    raise
+                self._deferred.append((sql, params, part))
+                self._enter_memory(exc)
+
+    def _finish(self, ids: Sequence[int], state: str, note: str | None) -> None:
+        # No owner once done: only spans leased right now stay in the lease-owner index.
+        sql = "UPDATE spans SET state = ?, error = ?, done_at = ?, lease_until = 0, lease_owner = NULL"
+        self._update(sql, (state, note, time.time()), ids)
+
+    def mark_sent(self, ids: Sequence[int], note: str | None = None) -> None:
+        self._finish(ids, SENT, note)
+        if self._memory is not None:
+            self._update_warning()
+
+    def mark_failed(self, ids: Sequence[int], reason: str) -> None:
+        self._finish(ids, FAILED, reason)
+
+    def release(self, ids: Sequence[int], not_before: float = 0.0) -> None:
+        """Give claimed spans back, to be sent again from ``not_before`` (epoch seconds).
+        A ``not_before`` is the server's Retry-After, not a lease: no owner, never taken over."""
+        self._update("UPDATE spans SET lease_until = ?, lease_owner = NULL", (not_before,), ids)
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database without blocking writers; then
+        :meth:`maintain`. The sender thread calls this every few seconds."""
+        if self._closed:
+            return
+        if self._memory is None:
+            with suppress(sqlite3.Error):  # a full disk must not stop the sender
+                self._disk().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.maintain()
+
+    def requeue_failed(self) -> int:
+        """Put failed spans back in the queue (after the cause has been fixed)."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE spans SET state = ?, error = NULL, lease_until = 0 WHERE state = ?",
+                (PENDING, FAILED),
+            )
+        return cur.rowcount
+
+    # -- reading -----------------------------------------------------------
+
+    def origins(self, ids: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
+        wanted = sorted(set(ids))
+        found: dict[int, tuple[bytes, bytes]] = {}
+        for in_memory, part in split_ids(wanted):
+            if in_memory:
+                with self._guard:
+                    if self._memory is not None:
+                        found.update(origins_in(self._memory, part))
+            else:
+                found.update(origins_in(self._disk(), part))
+        return found
+
+    def counts(self) -> Counts:
+        with self._use() as conn:
+            rows = conn.execute("SELECT state, COUNT(*) FROM spans GROUP BY state").fetchall()
+        by_state = dict(rows)
+        return Counts(*(by_state.get(s, 0) for s in (LOCAL, PENDING, SENT, FAILED)))
+
+    def pending(self) -> int:
+        with self._use() as conn:
+            return conn.execute("SELECT COUNT(*) FROM spans WHERE state = ?", (PENDING,)).fetchone()[0]
+
+    def recent_traces(self, limit: int, since: float = 0.0) -> list[list[StoredSpan]]:
+        """The spans of the ``limit`` most recently recorded traces, oldest trace first.
+
+        ``since`` (epoch seconds) leaves out traces recorded before it.
+        """
+        with self._use() as conn:
+            trace_ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT trace_id FROM spans GROUP BY trace_id HAVING MAX(recorded_at) >= ?"
+                    " ORDER BY MAX(id) DESC LIMIT ?",
+                    (since, limit),
+                )
+            ]
+            traces = []
+            for trace_id in reversed(trace_ids):
+                rows = conn.execute(
+                    "SELECT trace_id, span_id, parent_id, name, start_ns, end_ns, status, state,"
+                    " error, payload FROM spans WHERE trace_id = ? ORDER BY start_ns, id",
+                    (trace_id,),
+                ).fetchall()
+                traces.append([StoredSpan(*row) for row in rows])
+        return traces
+
+    # -- the in-memory fallback ---------------------------------------------
+
+    def _enter_memory(self, exc: BaseException) -> None:
+        with self._guard:
+            if self._memory is None:
+                conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                conn.executescript(SCHEMA)
+                ensure_schema(conn)  # the same columns as on disk, so one SQL serves both
+                self._memory = conn
+                self._memory_origins.clear()
+                self._generation += 1  # every thread drops its disk connection
+                self._reopen_at = time.monotonic() + REOPEN_INTERVAL
+            self._reason = _reason(exc)
+        log.warning("trace_ext can't write its span store %s (%s); keeping spans in memory", self.path, self._reason)
+        self._update_warning()
+
+    def memory_count(self) -> int:
+        """Spans held only in memory (0 on disk)."""
+        with self._guard:
+            memory = self._memory
+            if memory is None:
+                return 0
+            return memory.execute("SELECT COUNT(*) FROM spans WHERE state != ?", (SENT,)).fetchone()[0]
+
+    def _update_warning(self) -> None:
+        parts = []
+        if self._memory is not None:
+            parts.append(
+                f"trace_ext can't write its span store {self.path} ({self._reason}), so spans are kept "
+                f"in memory ({self.memory_count()} not yet sent, at most {_megabytes(self.memory_limit)}) "
+                "and written there once it is writable again; a kernel restart before that loses them, "
+                "so free space or set TraceExt.store_path to a writable file"
+            )
+        if self.dropped:
+            parts.append(f"trace_ext dropped {self.dropped} spans because its memory limit was reached")
+        if self.over_cap and self.max_bytes:
+            parts.append(
+                f"trace_ext's span store {self.path} is over its size cap TraceExt.retention_mb "
+                f"({_megabytes(self.max_bytes)}) with spans not yet sent, which are never deleted"
+            )
+        self.warning = "; ".join(parts) + "." if parts else ""
+        listener = self.listener
+        if listener is not None:
+            with suppress(Exception):
+                listener()
+
+    def _room_for(self, conn: sqlite3.Connection, records: Sequence[SpanRecord]) -> int:
+        """How many of ``records`` fit under the memory limit (sent spans make room first)."""
+        need = sum(len(r.payload) + 200 for r in records)
+        if used_bytes(conn) + need > self.memory_limit:
+            self._prune_cap(conn, max(self.memory_limit - need, 0), in_transaction=True)
+        room = self.memory_limit - used_bytes(conn)
+        kept, total = 0, 0
+        for r in records:
+            total += len(r.payload) + 200
+            if total > room:
+                break
+            kept += 1
+        return kept
+
+    def _close_memory(self) -> None:
+        """At close (unload, kernel exit): the last chance for spans kept in memory, since
+        the file may be writable by now. If not, say how many are lost."""
+        if self._memory is None or self._closed:
+            return
+        with suppress(Exception):
+            self._try_disk()
+        left = self.memory_count()
+        if left:
+            log.warning("trace_ext lost %d unsent spans kept in memory: %s still can't be written (%s)",
+                        left, self.path, self._reason)
+
+    def _try_disk(self) -> bool:
+        """In memory mode: write the file again if it can be written; True once back on disk."""
+        try:
+            private_file(self.path)
+            conn = self._open_disk()
+        except (OSError, sqlite3.Error) as exc:
+            self._reason = _reason(exc)
+            return False
+        try:
+            conn.executescript(SCHEMA)
+            ensure_schema(conn)  # a new file, or one from before leases had owners
+            conn.execute("INSERT OR REPLACE INTO probe(id, at) VALUES (1, ?)", (time.time(),))
+            for sql, params, ids in self._deferred:  # e.g. spans sent while the disk was full
+                update_in(conn, sql, params, ids)
+            self._deferred.clear()
+            # Copy the memory's spans in chunks, so a cell's commit waits for one chunk at most.
+            while True:
+                with self._guard:
+                    memory = self._memory
+                    if memory is None:
+                        return True
+                    if self._copy_chunk(memory, conn):
+                        # All copied: switch while still holding the guard, so no
+                        # commit lands in memory after the last chunk.
+                        self._memory = None
+                        self._origin_ids.clear()
+                        self._generation += 1
+                        memory.close()
+                        log.warning("trace_ext's span store %s is writable again; spans kept in memory "
+                                    "were saved there", self.path)
+                        return True
+        except sqlite3.Error as exc:
+            self._reason = str(exc)
+            return False
+        finally:
+            with suppress(sqlite3.Error):
+                conn.close()
+
+    @staticmethod
+    def _copy_chunk(memory: sqlite3.Connection, conn: sqlite3.Connection) -> bool:
+        """Move up to CHUNK of the memory's oldest spans to disk (origins mapped to disk
+        ids) in one transaction; True when that was the last of them."""
+        rows = memory.execute(f"SELECT id, {COLUMNS} FROM spans ORDER BY id LIMIT ?", (CHUNK,)).fetchall()
+        origins = {o: None for o in {row[8] for row in rows}}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for old in origins:
+                digest, resource, scope = memory.execute(
+                    "SELECT digest, resource, scope FROM origins WHERE id = ?", (old,)
+                ).fetchone()
+                conn.execute(
+                    "INSERT OR IGNORE INTO origins(digest, resource, scope) VALUES (?, ?, ?)",
+                    (digest, resource, scope),
+                )
+                origins[old] = conn.execute("SELECT id FROM origins WHERE digest = ?", (digest,)).fetchone()[0]
+            # lease_until 0 (and no lease_owner): a span leased in memory is not leased on disk.
+            conn.executemany(
+                f"INSERT INTO spans({COLUMNS}) VALUES ({','.join('?' * 16)})",
+                [(*r[1:8], origins[r[8]], *r[9:12], 0.0, *r[13:]) for r in rows],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if rows:
+            memory.execute("DELETE FROM spans WHERE id <= ?", (rows[-1][0],))
+        return len(rows) < CHUNK
+
+    # -- retention ---------------------------------------------------------
+
+    def maintain(self, force: bool = False) -> Pruned | None:
+        """Housekeeping for the sender thread (never a cell's): in memory mode, try the
+        file again; every ``PRUNE_INTERVAL`` (or when forced), apply the retention settings."""
+        if self._closed:
+            return None
+        if self._memory is not None and (force or time.monotonic() >= self._reopen_at):
+            self._reopen_at = time.monotonic() + REOPEN_INTERVAL
+            self._try_disk()
+            self._update_warning()
+        if not force and time.monotonic() < self._pruned_at:
+            return None
+        self._pruned_at = time.monotonic() + PRUNE_INTERVAL
+        retention = self.retention_seconds
+        older_than = time.time() - retention if retention else None
+        try:
+            pruned = self.prune(older_than, self.max_bytes)
+        except sqlite3.Error as exc:
+            log.warning("trace_ext could not prune %s: %s", self.path, exc)
+            return None
+        if pruned.over != self.over_cap:
+            self.over_cap = pruned.over
+            self._update_warning()
+        return pruned
+
+    def settings_changed(self) -> None:
+        """Retention settings changed: apply them at the next :meth:`maintain`."""
+        self._pruned_at = 0.0
+
+    def prune(self, older_than: float | None = None, max_bytes: int | None = None) -> Pruned:
+        """Delete sent spans: those finished before ``older_than`` (epoch seconds), then the
+        oldest ones until the store's data takes at most ``max_bytes``. Spans not yet
+        sent (pending, local, failed) are never deleted, so the store can stay over
+        its cap (``Pruned.over``). Runs in short transactions."""
+        expired = 0
+        if older_than is not None:
+            while True:
+                with self._write() as conn:
+                    cur = conn.execute(
+                        "DELETE FROM spans WHERE id IN (SELECT id FROM spans WHERE state = ? AND done_at < ?"
+                        " ORDER BY id LIMIT ?)",
+                        (SENT, older_than, CHUNK),
+                    )
+                expired += cur.rowcount
+                if cur.rowcount < CHUNK:
+                    break
+        over_cap = 0
+        with self._use() as conn:
+            if max_bytes:
+                over_cap = self._prune_cap(conn, max_bytes)
+            if (expired or over_cap) and conn is not self._memory:
+                with suppress(sqlite3.Error):
+                    # Give freed pages back to the file system (stores made since auto_vacuum was
+                    # set). executescript steps the pragma to its end: execute() frees one page.
+                    conn.executescript("PRAGMA incremental_vacuum;")
+            size = used_bytes(conn)
+        return Pruned(expired, over_cap, size, bool(max_bytes) and size > max_bytes)
+
+    def _prune_cap(self, conn: sqlite3.Connection, max_bytes: int, in_transaction: bool = False) -> int:
+        deleted = 0
+        for _ in range(1000):  # bounded: each round deletes rows or stops
+            excess = used_bytes(conn) - max_bytes
+            if excess <= 0:
+                break
+            rows = conn.execute(
+                "SELECT id, size FROM spans WHERE state = ? ORDER BY id LIMIT ?", (SENT, CHUNK)
+            ).fetchall()
+            if not rows:
+                break  # only unsent spans are left: they stay
+            last, freed = rows[-1][0], 0
+            for span_id, size in rows:
+                freed += size + 100  # the row's other columns and index entries, roughly
+                if freed >= excess:
+                    last = span_id
+                    break
+            sql = "DELETE FROM spans WHERE state = ? AND id <= ?"
+            if in_transaction:
+                cur = conn.execute(sql, (SENT, last))
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = conn.execute(sql, (SENT, last))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            deleted += cur.rowcount
+        return deleted
+
+    def size(self) -> int:
+        """Bytes the store's data takes (pages in use, not counting free pages)."""
+        with self._use() as conn:
+            return used_bytes(conn)
+
+
+def open_store(path: str, fallback: bool = False) -> SpanStore:
+    """Open (or create) the store.
+
+    A damaged file ("file is not a database", "malformed") is moved aside and a
+    new store started; ``store.notice`` then says so. When the file can't be
+    used at all, ``fallback`` opens the store in memory (``store.warning``
+    says why); without it, a ``UsageError`` says in one sentence what to do.
+    """
+    notice = ""
+    try:
+        try:
+            store = SpanStore(path)
+            try:
+                store.counts()  # reads the state index: most damage shows up here
+            except BaseException:
+                store.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            moved = move_aside(path)
+            notice = (
+                f"trace_ext's span store {path} was damaged ({exc}), so it was moved to {moved} "
+                "and a new, empty store was started in its place."
+            )
+            log.warning("%s", notice)
+            store = SpanStore(path)
+    except (OSError, sqlite3.Error) as exc:
+        if not fallback:
+            raise UsageError(
+                f"trace_ext can't use {path} as its span store ({exc}); set TraceExt.store_path "
+                "or TRACE_EXT_STORE_PATH to a file in a writable folder."
+            ) from None
+        store = SpanStore(path, in_memory=exc)
+    store.notice = notice
+    return store
