@@ -22,7 +22,7 @@ from ._delivery.destination import (
     sender_config,
 )
 from ._delivery.sender import Sender
-from ._delivery.status import DeliveryReport, DeliveryStatus
+from ._delivery.status import DeliveryReport, DeliveryState, DeliveryStatus
 from ._display.magics import TraceMagics, wrap_config_magic
 from ._display.view import TraceView
 from ._display.widget import StatusDisplay, in_a_cell
@@ -187,9 +187,9 @@ class Extension:
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.destination = destination.host if destination else ""
             if destination is None:
-                self.status.state = "local"
-            elif self.status.state == "local":
-                self.status.state = "idle"
+                self.status.state = DeliveryState.EMBEDDED
+            elif self.status.state is DeliveryState.EMBEDDED:
+                self.status.state = DeliveryState.IDLE
             if warning:
                 self.status.last_error = warning
         self.sender.configure(config)

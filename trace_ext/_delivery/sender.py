@@ -30,7 +30,7 @@ from .policy import (
     deliver_shrunk,
 )
 from .request import encode_batch, export, new_client
-from .status import DeliveryReport, DeliveryStatus
+from .status import DeliveryReport, DeliveryState, DeliveryStatus
 
 __all__ = ["Sender"]
 
@@ -134,7 +134,7 @@ class Sender:
                 # Give that request's spans back now, not when the lease ends, so the
                 # next kernel sends them at once (a re-send, if the server kept them).
                 self._store.release(in_flight)
-        self._status.state = "stopped"
+        self._status.state = DeliveryState.STOPPED
         return report
 
     def is_alive(self) -> bool:
@@ -188,7 +188,7 @@ class Sender:
             )
             if not batch:
                 self._attempt = 0
-                self._set_state("idle")
+                self._set_state(DeliveryState.IDLE)
                 return
             retry = self._deliver(config, batch)
             with self._progress:
@@ -208,12 +208,12 @@ class Sender:
         self._retry_at = time.time() + delay
         self._server_wait_until = time.time() + (retry.delay or 0.0)
         with self._status.lock, self._status.hold_trait_notifications():
-            self._status.state = "paused" if retry.auth else "retrying"
+            self._status.state = DeliveryState.PAUSED if retry.auth else DeliveryState.RETRYING
             self._status.last_error = retry.reason
             self._delivery_trouble = True
             self._status.pending = self._store.pending()
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: DeliveryState) -> None:
         with self._status.lock, self._status.hold_trait_notifications():
             self._status.state = state
             self._status.pending = self._store.pending()
@@ -260,7 +260,7 @@ class Sender:
         timeout = config.export_timeout
         if self._deadline is not None:
             timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
-        self._set_state("sending")
+        self._set_state(DeliveryState.SENDING)
         ids = [span.id for span in batch]
         self._in_flight = ids
         try:

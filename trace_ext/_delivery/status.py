@@ -1,21 +1,40 @@
-"""Delivery counters, shared by the sender (which writes them) and the status displays."""
+"""Delivery state and counters, shared by the sender (which writes them) and the status displays."""
 
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass
 
 from traitlets import Float, HasTraits, Int, Unicode, validate
 
-__all__ = ["DeliveryReport", "DeliveryStatus"]
+__all__ = ["DeliveryReport", "DeliveryState", "DeliveryStatus"]
+
+
+class DeliveryState(str, enum.Enum):
+    """What the sender is doing. (What a stored span is: :class:`.._store.schema.SpanState`.)"""
+
+    #: No destination: spans are kept in the local store (the embedded default).
+    EMBEDDED = "embedded"
+    #: Nothing left to send.
+    IDLE = "idle"
+    #: A request is under way.
+    SENDING = "sending"
+    #: The last request failed in a way worth retrying; the next try is scheduled.
+    RETRYING = "retrying"
+    #: The backend rejected the credentials: waiting for new ones.
+    PAUSED = "paused"
+    #: The sender was shut down (unload, kernel exit).
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class DeliveryStatus(HasTraits):
     """What the status widget shows. Traits, so views observe them and update live."""
 
-    #: 'local' (no destination: spans stay in the store), 'idle', 'sending',
-    #: 'retrying', 'paused' (credentials rejected) or 'stopped'.
-    state = Unicode("local")
+    state = Unicode(DeliveryState.EMBEDDED, help="what the sender is doing (a DeliveryState)")
     pending = Int(0, help="spans in the store waiting to be sent")
     local = Int(0, help="spans kept in the store only (no destination was configured)")
     sent = Int(0, help="spans delivered since the extension was loaded")
@@ -35,6 +54,10 @@ class DeliveryStatus(HasTraits):
         # Traits are written by the sender thread and the cell's thread; a lock
         # keeps read-modify-write updates (counters) whole.
         self.lock = threading.RLock()
+
+    @validate("state")
+    def _a_delivery_state(self, proposal) -> DeliveryState:
+        return DeliveryState(proposal["value"])  # ValueError (a TraitError) for a word that is not one
 
     @validate("last_error", "peers")
     def _redacted(self, proposal) -> str:

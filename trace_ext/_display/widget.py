@@ -13,7 +13,9 @@ import threading
 import time
 from typing import Callable
 
-from .._delivery.status import DeliveryStatus
+from .._delivery.status import DeliveryState, DeliveryStatus
+
+_TROUBLE = (DeliveryState.RETRYING, DeliveryState.PAUSED, DeliveryState.STOPPED)
 
 __all__ = ["StatusDisplay", "in_a_cell", "status_html", "status_text"]
 
@@ -25,7 +27,7 @@ def _when(epoch: float | None) -> str:
 
 
 def _headline(s: DeliveryStatus) -> str:
-    if s.state == "local" or not s.destination:
+    if s.state is DeliveryState.EMBEDDED or not s.destination:
         text = f"{s.local} span{'' if s.local == 1 else 's'} stored locally (no endpoint configured)"
         if s.pending:  # left by a kernel that had an endpoint: sent once one is set
             text += f" · {s.pending} waiting for an endpoint"
@@ -38,7 +40,7 @@ def status_text(s: DeliveryStatus) -> str:
     """One or two lines for terminals and static renderers."""
     with s.lock:
         text = f"trace_ext: {_headline(s)}"
-        if s.state in ("retrying", "paused", "stopped"):
+        if s.state in _TROUBLE:
             text += f" [{s.state}]"
         if s.store_warning:
             text += f"\n  store: {s.store_warning}"
@@ -52,7 +54,7 @@ def status_text(s: DeliveryStatus) -> str:
 def status_html(s: DeliveryStatus) -> str:
     with s.lock:
         head = html.escape(_headline(s))
-        state = f" <em>({html.escape(s.state)})</em>" if s.state in ("retrying", "paused", "stopped") else ""
+        state = f" <em>({html.escape(str(s.state))})</em>" if s.state in _TROUBLE else ""
         error = (
             f'<br><span style="color:#b00020">{html.escape(s.last_error)}</span>'
             if s.last_error and s.last_error != s.store_warning else ""
@@ -142,10 +144,10 @@ class StatusDisplay:
         with s.lock:
             done = s.sent + s.failed
             total = done + s.pending
-            style = {"retrying": "warning", "paused": "danger"}.get(s.state, "success" if not s.failed else "warning")
+            style = {DeliveryState.RETRYING: "warning", DeliveryState.PAUSED: "danger"}.get(s.state, "success" if not s.failed else "warning")
         with box.hold_sync():
             self._bar.max = max(total, 1)
-            self._bar.value = done if total else (1 if s.state != "local" else 0)
+            self._bar.value = done if total else (1 if s.state is not DeliveryState.EMBEDDED else 0)
             self._bar.bar_style = style
             self._label.value = status_html(s)
 
