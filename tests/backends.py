@@ -1,8 +1,8 @@
-"""Real tracing backends for end-to-end tests: an Arize Phoenix server.
+"""Real tracing backends for end-to-end tests: Arize Phoenix and an MLflow tracking server.
 
-Phoenix lives in its own virtualenv because its dependency pins (SQLAlchemy,
+Each lives in its own virtualenv because its dependency pins (SQLAlchemy,
 FastAPI, protobuf, OpenTelemetry…) must not leak into the environment the
-project is tested in. Prepare it once with::
+project is tested in. Prepare both once with::
 
     python -m tests.backends install
 
@@ -16,11 +16,24 @@ Span records are Phoenix REST ``Span`` objects: ``name``,
 ``context.trace_id`` / ``context.span_id`` (hex), ``parent_id`` (hex or None),
 ``span_kind`` (OpenInference kind such as "UNKNOWN", not the OTel kind),
 ``status_code`` ("OK" / "ERROR" / "UNSET"), ``attributes`` (nested dict).
+
+MLflow (3.6 and later ingest OTLP/HTTP at ``/v1/traces``)::
+
+    with MlflowServer() as mlflow:
+        ...  # export to mlflow.otlp_url with the headers mlflow.otlp_headers
+        trace = mlflow.wait_for_trace(trace_id_hex, count=2)
+
+``trace`` is an ``MlflowTrace``: ``info`` is MLflow's ``TraceInfo`` as its
+REST API returns it (``trace_id`` "tr-<hex>", ``state`` "OK" / "ERROR" /
+"IN_PROGRESS", ``request_preview``…), ``spans`` are ``MlflowSpan`` records
+with hex ids and MLflow's own reading of each span (``span_type``,
+``inputs``, ``outputs``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import signal
@@ -32,16 +45,25 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 __all__ = [
+    "MLFLOW_VENV",
+    "MLFLOW_VERSION",
     "PHOENIX_VENV",
+    "MlflowServer",
+    "MlflowSpan",
+    "MlflowTrace",
     "PhoenixServer",
+    "install_mlflow",
     "install_phoenix",
     "main",
+    "mlflow_installed",
+    "mlflow_version",
     "phoenix_installed",
     "phoenix_version",
 ]
@@ -70,6 +92,29 @@ _PHOENIX_OFFLINE_ENV = {
 # PYTHONPATH shadowing the venv's packages) are dropped.
 _SCRUBBED_ENV_PREFIXES = ("PHOENIX_", "OTEL_")
 _SCRUBBED_ENV_NAMES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
+
+MLFLOW_VENV = Path(
+    os.environ.get("TRACE_EXT_MLFLOW_VENV", "~/.cache/trace_ext/mlflow-venv")
+).expanduser()
+# Pinned: the newest release whose own dependencies the registry serves and that
+# installs (3.18.0 is listed, but its mlflow-skinny==3.18.0 is not). OTLP
+# ingestion needs 3.6 or later.
+MLFLOW_VERSION = "3.17.2"
+# The experiment OTLP-ingested traces go to: "0" is the "Default" experiment
+# every new tracking store has.
+MLFLOW_EXPERIMENT_ID = "0"
+# Environment for the MLflow server: no usage telemetry, and no background job
+# runner (scorers, trace archival, periodic tasks: eight extra processes that
+# compete for two cores and aren't needed to ingest and read traces).
+_MLFLOW_OFFLINE_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS": "false",
+}
+# A tracking URI, Databricks credentials or an OTLP exporter for MLflow's own
+# traces in the parent's environment would change what the server does.
+_MLFLOW_SCRUBBED_ENV_PREFIXES = ("MLFLOW_", "DATABRICKS_", "OTEL_")
 
 _POLL_INTERVAL = 0.25  # seconds between health / span polls
 _STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
@@ -152,6 +197,52 @@ def install_phoenix(venv: Path = PHOENIX_VENV) -> Path:
     return venv
 
 
+def mlflow_version(venv: Path = MLFLOW_VENV) -> str | None:
+    """The mlflow distribution version installed in ``venv``, or None if it has none."""
+    python = _venv_python(Path(venv).expanduser())
+    if not python.exists():
+        return None
+    result = subprocess.run(
+        [str(python), "-c", "from importlib.metadata import version; print(version('mlflow'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def mlflow_installed(venv: Path = MLFLOW_VENV, version: str = MLFLOW_VERSION) -> bool:
+    """Whether ``venv`` has the pinned MLflow: its CLI exists and the version matches."""
+    venv = Path(venv).expanduser()
+    return (venv / "bin" / "mlflow").exists() and mlflow_version(venv) == version
+
+
+def install_mlflow(venv: Path = MLFLOW_VENV, version: str = MLFLOW_VERSION) -> Path:
+    """Make sure ``venv`` holds MLflow ``version``; returns the venv path.
+
+    Idempotent: with the right version there it returns at once (one quick
+    question to the venv's Python); another version is replaced in place.
+    """
+    venv = Path(venv).expanduser()
+    if mlflow_installed(venv, version):
+        return venv
+    if not _venv_python(venv).exists():
+        print(f"Creating virtualenv {venv} ...", flush=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        _run_streaming([sys.executable, "-m", "venv", str(venv)], show=())
+    print(f"Installing mlflow=={version} (this can take a few minutes) ...", flush=True)
+    _run_streaming(
+        [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", f"mlflow=={version}"],
+        show=("Collecting mlflow", "Installing collected", "Successfully installed"),
+    )
+    if not mlflow_installed(venv, version):
+        raise RuntimeError(
+            f"mlflow=={version} installed into {venv} but it reports {mlflow_version(venv)!r}"
+        )
+    print(f"MLflow {version} ready in {venv}", flush=True)
+    return venv
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -178,12 +269,15 @@ def _free_ports() -> tuple[int, int]:
             return http_port, grpc_port
 
 
-def _child_env(overrides: Mapping[str, str]) -> dict[str, str]:
-    """The parent's environment minus Phoenix/OTel/Python-path settings, plus overrides."""
+def _child_env(
+    overrides: Mapping[str, str], scrubbed: tuple[str, ...] = _SCRUBBED_ENV_PREFIXES
+) -> dict[str, str]:
+    """The parent's environment minus the ``scrubbed`` prefixes (Phoenix/OTel by
+    default) and Python-path settings, plus overrides."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(_SCRUBBED_ENV_PREFIXES) and name not in _SCRUBBED_ENV_NAMES
+        if not name.startswith(scrubbed) and name not in _SCRUBBED_ENV_NAMES
     }
     env.update(overrides)
     return env
@@ -416,24 +510,394 @@ class PhoenixServer:
             pass
 
 
+# --------------------------------------------------------------------------- MLflow
+
+
+def mlflow_trace_id(trace_id_hex: str) -> str:
+    """MLflow's id of an OTLP-ingested trace: ``tr-`` and the 32-digit hex trace id."""
+    return f"tr-{trace_id_hex.lower()}"
+
+
+def _hex_id(encoded: str | None) -> str | None:
+    """An id from MLflow's JSON (protobuf ``bytes``, so base64) as lowercase hex."""
+    return base64.b64decode(encoded).hex() if encoded else None
+
+
+def _any_value(value: Mapping[str, Any]) -> Any:
+    """A Python value from an OTLP ``AnyValue`` in protobuf JSON form."""
+    if "string_value" in value:
+        return value["string_value"]
+    if "bool_value" in value:
+        return value["bool_value"]
+    if "int_value" in value:
+        return int(value["int_value"])  # int64: a string in canonical protobuf JSON
+    if "double_value" in value:
+        return float(value["double_value"])
+    if "array_value" in value:
+        return [_any_value(item) for item in value["array_value"].get("values", [])]
+    if "kvlist_value" in value:
+        return {
+            pair["key"]: _any_value(pair.get("value", {}))
+            for pair in value["kvlist_value"].get("values", [])
+        }
+    if "bytes_value" in value:
+        return base64.b64decode(value["bytes_value"])
+    return None
+
+
+def _attributes(pairs: list[Mapping[str, Any]]) -> dict[str, Any]:
+    return {pair["key"]: _any_value(pair.get("value", {})) for pair in pairs}
+
+
+@dataclass(frozen=True)
+class MlflowSpan:
+    """One span as MLflow stores it; ids are lowercase hex, as OpenTelemetry prints them."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    status: str  # "OK" / "ERROR" / "UNSET"
+    status_message: str
+    start_time_ns: int = 0
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)  # {"name", "attributes"}
+
+    @property
+    def span_type(self) -> str | None:
+        """MLflow's span type (from ``openinference.span.kind`` for OTLP spans): "CHAIN", "LLM"…"""
+        return self.attributes.get("mlflow.spanType")
+
+    @property
+    def inputs(self) -> Any:
+        """What MLflow shows as the span's inputs (from ``input.value``)."""
+        return self.attributes.get("mlflow.spanInputs")
+
+    @property
+    def outputs(self) -> Any:
+        """What MLflow shows as the span's outputs (from ``output.value``)."""
+        return self.attributes.get("mlflow.spanOutputs")
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> MlflowSpan:
+        """From one element of ``trace.spans`` in MLflow's GetTrace response (OTLP span JSON)."""
+        status = record.get("status") or {}
+        code = status.get("code", "STATUS_CODE_UNSET")
+        return cls(
+            name=record.get("name", ""),
+            trace_id=_hex_id(record.get("trace_id")) or "",
+            span_id=_hex_id(record.get("span_id")) or "",
+            parent_id=_hex_id(record.get("parent_span_id")),
+            status=code.removeprefix("STATUS_CODE_"),
+            status_message=status.get("message", ""),
+            start_time_ns=int(record.get("start_time_unix_nano", 0)),
+            attributes=_attributes(record.get("attributes", [])),
+            events=[
+                {"name": event.get("name", ""), "attributes": _attributes(event.get("attributes", []))}
+                for event in record.get("events", [])
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class MlflowTrace:
+    """A trace read back from MLflow: its ``TraceInfo`` (REST JSON) and its spans, oldest first."""
+
+    info: dict[str, Any]
+    spans: list[MlflowSpan]
+
+    @property
+    def trace_id(self) -> str:
+        """MLflow's id, ``tr-<hex>``."""
+        return str(self.info.get("trace_id", ""))
+
+    @property
+    def state(self) -> str:
+        """"OK" or "ERROR" (from the root span's status), "IN_PROGRESS" until the root arrives."""
+        return str(self.info.get("state", ""))
+
+
+class MlflowServer:
+    """A throw-away MLflow tracking server on loopback with its own temporary SQLite store."""
+
+    experiment_id = MLFLOW_EXPERIMENT_ID
+
+    def __init__(
+        self, venv: Path = MLFLOW_VENV, extra_env: Mapping[str, str] | None = None
+    ) -> None:
+        self.venv = Path(venv).expanduser()
+        self.extra_env = dict(extra_env or {})
+        self.port = 0
+        self.startup_seconds: float | None = None
+        self._workdir: Path | None = None
+        self._log_file: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
+        # trust_env=False: a proxy configured for the outside world must not
+        # intercept loopback requests.
+        self._http = httpx.Client(timeout=30, trust_env=False)
+
+    # ----------------------------------------------------------------- addresses
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``: the UI and the REST API."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def otlp_url(self) -> str:
+        """OTLP/HTTP traces endpoint (protobuf or JSON); needs ``otlp_headers``."""
+        return f"{self.base_url}/v1/traces"
+
+    @property
+    def otlp_headers(self) -> dict[str, str]:
+        """The header MLflow requires on every export: which experiment the traces go to."""
+        return {"x-mlflow-experiment-id": self.experiment_id}
+
+    @property
+    def running(self) -> bool:
+        """Whether the ``mlflow server`` process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log_path(self) -> Path | None:
+        """Where the server's stdout and stderr go while it runs."""
+        return self._workdir / "mlflow.log" if self._workdir else None
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server log (empty if there is none)."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return ""
+        with path.open("r", errors="replace") as log:
+            return "".join(deque(log, maxlen=lines))
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self, timeout: float = 120) -> MlflowServer:
+        """Launch ``mlflow server`` and wait until ``/health`` answers 200.
+
+        Start-up (database migrations, then uvicorn) takes 15–40 s on two busy
+        cores, hence the generous default.
+        """
+        if self._process is not None:
+            return self
+        mlflow = self.venv / "bin" / "mlflow"
+        if not mlflow.exists():
+            raise RuntimeError(
+                f"MLflow is not installed in {self.venv}; run `python -m tests.backends install`"
+            )
+        self.port = _free_port(socket.AF_INET, "127.0.0.1")
+        self._workdir = Path(tempfile.mkdtemp(prefix="trace_ext-mlflow-"))
+        command = [
+            str(mlflow), "server",
+            "--backend-store-uri", f"sqlite:///{self._workdir / 'mlflow.db'}",
+            "--artifacts-destination", str(self._workdir / "artifacts"),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--workers", "1",
+        ]  # fmt: skip
+        env = _child_env(
+            {**_MLFLOW_OFFLINE_ENV, "VIRTUAL_ENV": str(self.venv), **self.extra_env},
+            scrubbed=_MLFLOW_SCRUBBED_ENV_PREFIXES,
+        )
+        assert self.log_path is not None
+        self._log_file = self.log_path.open("wb")
+        began = time.monotonic()
+        self._process = subprocess.Popen(
+            command,
+            cwd=self._workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            # Own session and process group: `mlflow server` runs uvicorn as a
+            # child, and stopping must reach it (and nothing else).
+            start_new_session=True,
+        )
+        try:
+            self._wait_healthy(began + timeout, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def _wait_healthy(self, deadline: float, timeout: float) -> None:
+        """Poll ``/health`` until 200; RuntimeError if the server dies or times out."""
+        assert self._process is not None
+        while True:
+            try:
+                if self._http.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"MLflow not healthy after {timeout:g}s on {self.base_url}; log tail:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                # Waiting on the process doubles as the poll interval and
+                # notices a crash immediately.
+                code = self._process.wait(timeout=_POLL_INTERVAL)
+            except subprocess.TimeoutExpired:
+                continue
+            raise RuntimeError(
+                f"MLflow exited with code {code} during start-up; log tail:\n{self.log_tail()}"
+            )
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL what is left after 15 s; remove the working directory."""
+        process, self._process = self._process, None
+        if process is not None:
+            _signal_group(process, signal.SIGTERM)
+            deadline = time.monotonic() + _STOP_GRACE
+            try:
+                process.wait(timeout=_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+            # The CLI may exit before its uvicorn child does: wait for the group.
+            if not _group_gone(process.pid, deadline):
+                _signal_group(process, signal.SIGKILL)
+                _group_gone(process.pid, time.monotonic() + _STOP_GRACE)
+            process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def close(self) -> None:
+        """Stop the server and release the HTTP client."""
+        self.stop()
+        self._http.close()
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- reading traces
+
+    def trace(self, trace_id_hex: str) -> MlflowTrace | None:
+        """The trace with this OpenTelemetry trace id as MLflow has it now, or None.
+
+        ``GET /api/3.0/mlflow/traces/get`` (MLflow's GetTrace) returns the
+        trace info and every span stored so far (``allow_partial``: also
+        before the root span has arrived).
+        """
+        response = self._http.get(
+            f"{self.base_url}/api/3.0/mlflow/traces/get",
+            params={"trace_id": mlflow_trace_id(trace_id_hex), "allow_partial": "true"},
+        )
+        if response.status_code == 404:
+            return None  # the trace appears with its first span
+        response.raise_for_status()
+        body = response.json().get("trace", {})
+        # Oldest first, as tests read most naturally (the root of a cell first).
+        spans = sorted(
+            (MlflowSpan.from_json(record) for record in body.get("spans", [])),
+            key=lambda span: span.start_time_ns,
+        )
+        return MlflowTrace(info=body.get("trace_info", {}), spans=spans)
+
+    def wait_for_trace(self, trace_id_hex: str, count: int, timeout: float = 60) -> MlflowTrace:
+        """Poll until MLflow has at least ``count`` spans of the trace.
+
+        The first reads after start-up can take seconds while the server warms
+        up; a read that fails on the server side (5xx, a timeout) is retried
+        until the deadline.
+        """
+        deadline = time.monotonic() + timeout
+        found: MlflowTrace | None = None
+        problem = ""
+        while True:
+            try:
+                found = self.trace(trace_id_hex)
+                problem = ""
+            except httpx.TransportError as error:
+                problem = f"{type(error).__name__}: {error}"
+            except httpx.HTTPStatusError as error:
+                if error.response.status_code < 500:
+                    raise
+                problem = f"HTTP {error.response.status_code}: {error.response.text[:300]}"
+            if found is not None and len(found.spans) >= count:
+                return found
+            if time.monotonic() >= deadline or not self.running:
+                break
+            self._pause(min(_POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+        seen = [(span.name, span.span_id) for span in found.spans] if found else []
+        raise AssertionError(
+            f"expected >= {count} spans of trace {mlflow_trace_id(trace_id_hex)} in MLflow within "
+            f"{timeout:g}s, saw {len(seen)}: {seen}{'; last error ' + problem if problem else ''}\n"
+            f"MLflow log tail:\n{self.log_tail(15)}"
+        )
+
+    def _pause(self, seconds: float) -> None:
+        """Wait between polls; returns early if the server process exits."""
+        if self._process is None:
+            return
+        try:
+            self._process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _group_gone(pgid: int, deadline: float) -> bool:
+    """Wait until no process of group ``pgid`` is left; False if some still are at ``deadline``."""
+    while True:
+        try:
+            os.killpg(pgid, 0)  # signal 0: only asks whether the group has members
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        # A process group has nothing to wait on from outside: poll it.
+        time.sleep(_POLL_INTERVAL)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.backends install|serve``."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.backends", description="Prepare or run the Phoenix test backend."
+        prog="python -m tests.backends",
+        description="Prepare or run the test backends (Phoenix, MLflow).",
     )
     parser.add_argument("--venv", type=Path, default=PHOENIX_VENV, help=f"default: {PHOENIX_VENV}")
+    parser.add_argument(
+        "--mlflow-venv", type=Path, default=MLFLOW_VENV, help=f"default: {MLFLOW_VENV}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install", help="create the Phoenix virtualenv (idempotent)")
-    commands.add_parser("serve", help="run a throw-away Phoenix until Ctrl-C (to look at the UI)")
+    commands.add_parser("install", help="create the Phoenix and MLflow virtualenvs (idempotent)")
+    serve = commands.add_parser(
+        "serve", help="run a throw-away Phoenix (or MLflow) until Ctrl-C (to look at the UI)"
+    )
+    serve.add_argument("--backend", choices=("phoenix", "mlflow"), default="phoenix")
     args = parser.parse_args(argv)
 
     if args.command == "install":
         venv = install_phoenix(args.venv)
         print(venv)
         print(f"arize-phoenix {phoenix_version(venv)}")
+        mlflow_venv = install_mlflow(args.mlflow_venv)
+        print(mlflow_venv)
+        print(f"mlflow {mlflow_version(mlflow_venv)}")
+        return 0
+
+    if args.backend == "mlflow":
+        with MlflowServer(args.mlflow_venv) as mlflow:
+            print(f"MLflow up in {mlflow.startup_seconds:.1f}s at {mlflow.base_url} "
+                  f"(OTLP/HTTP {mlflow.otlp_url} with header x-mlflow-experiment-id: "
+                  f"{mlflow.experiment_id}); log {mlflow.log_path}; Ctrl-C to stop", flush=True)
+            try:
+                while mlflow.running:
+                    mlflow._pause(3600)
+            except KeyboardInterrupt:
+                pass
         return 0
 
     with PhoenixServer(args.venv) as server:
