@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
-from .conftest import require, wait_until
+from .conftest import installed, require, wait_until
 
 REGISTER = (
     "from phoenix.otel import register\n"
@@ -14,7 +13,7 @@ REGISTER = (
 
 
 def test_a_provider_set_up_after_loading_becomes_global_and_is_recorded(start_kernel, receiver):
-    require(importlib.util.find_spec("phoenix.otel") is not None, "arize-phoenix-otel is not installed")
+    require(installed("phoenix.otel"), "arize-phoenix-otel is not installed")
     kernel = start_kernel()
     kernel.ok("%load_ext trace_ext")
     kernel.ok("from opentelemetry import trace\nearly = trace.get_tracer('early')")
