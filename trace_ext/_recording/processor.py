@@ -73,6 +73,10 @@ class BufferingSpanProcessor(SpanProcessor):
         if not self._active:
             return
         self.watch()
+        # A sampler that records without sampling (RECORD_ONLY) hands its spans to
+        # processors for counting, not for export: the SDK's own processors drop them too.
+        if not span.context.trace_flags.sampled:
+            return
         self.record(span)
 
     def record(self, span) -> None:
