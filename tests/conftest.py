@@ -158,6 +158,16 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
     return True
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (``find_spec`` of ``a.b`` raises when ``a`` is missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip on a developer's machine that lacks a real dependency; under CI, fail instead."""
     if condition:

@@ -220,3 +220,72 @@ def test_environment_set_after_loading_is_noticed_at_the_next_cell(loaded, recei
     loaded.ok(f"import os; os.environ['OTEL_EXPORTER_OTLP_ENDPOINT'] = {receiver.base_url!r}")
     loaded.ok("%%trace after-env\n1")
     assert [s.name for s in receiver.wait_for_spans(1)] == ["after-env"]
+
+
+# An httpx instrumentation (OpenAI's SDK uses httpx, so LLM notebooks often load one), and
+# another SDK's processor whose flush() itself sends over httpx, on the thread that calls it.
+HTTPX_INSTRUMENTED = """
+import httpx
+from opentelemetry import trace
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+HTTPXClientInstrumentor().instrument()
+class PostsOnFlush(BatchSpanProcessor):
+    flushes = 0
+    def force_flush(self, timeout_millis=30000):
+        httpx.post({elsewhere!r}, content=b"")
+        PostsOnFlush.flushes += 1
+        return super().force_flush(timeout_millis)
+trace.get_tracer_provider().add_span_processor(PostsOnFlush(InMemorySpanExporter()))
+"""
+
+
+def http_spans(spans) -> list:
+    """Spans the httpx instrumentation made (old or new HTTP semantic conventions)."""
+    return [s for s in spans if {"http.method", "http.request.method"} & set(s.attributes)]
+
+
+def test_an_httpx_instrumentation_never_traces_trace_exts_own_requests(start_kernel, receiver, store_path):
+    """trace_ext's sender and the threads that flush other SDKs suppress instrumentation, as the
+    SDK's own exporters do: otherwise each POST would be a span, sent by the next POST."""
+    from .conftest import installed, require, wait_until
+    from .otlp_receiver import OtlpReceiver
+
+    require(installed("opentelemetry.instrumentation.httpx"), "opentelemetry-instrumentation-httpx is not installed")
+    elsewhere = OtlpReceiver().start()
+    try:
+        kernel = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
+        kernel.ok("%load_ext trace_ext")
+        kernel.ok(HTTPX_INSTRUMENTED.format(elsewhere=elsewhere.url))
+        # The instrumentation works in this kernel: the cell's own request is a span.
+        kernel.ok(f"%%trace user-request\nhttpx.post({elsewhere.url!r}, content=b'')")
+        for i in range(4):  # several deliveries: a span of one POST would go out with the next
+            kernel.ok(NESTED.format(name=f"cell-{i}"))
+            kernel.ok("%trace flush --timeout 20")
+        assert wait_until(lambda: kernel.value("PostsOnFlush.flushes") >= 3, 20)  # the flush thread posted
+        kernel.ok("%trace flush --timeout 20")
+        kernel.ok("%trace flush --timeout 20")
+
+        received = receiver.spans
+        names = sorted(s.name for s in received)
+        assert names.count("inner") == 4 and len(receiver.requests) >= 5, names
+        cell = next(s for s in received if s.name == "user-request")
+        others = [(s.name, s.attributes.get("http.url") or s.attributes.get("url.full"))
+                  for s in http_spans(received) if s.parent_span_id != cell.span_id]
+        assert not others, f"trace_ext's own requests were traced: {others}"
+        assert len(http_spans(received)) == 1  # the cell's own request, under the cell
+        stored = store_names(store_path)
+        assert len(stored) == len(received) == 10, stored
+    finally:
+        elsewhere.stop()
+
+
+def store_names(store_path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(str(store_path))
+    try:
+        return sorted(name for (name,) in conn.execute("SELECT name FROM spans"))
+    finally:
+        conn.close()

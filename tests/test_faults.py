@@ -373,3 +373,63 @@ def test_retry_after_is_honoured(start_kernel, receiver, store_path):
         round(r.received_at - first.received_at, 2) for r in rest
     ]
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+
+
+# --------------------------------------------------------------------------- 10
+
+# A traced cell forks children (multiprocessing's "fork" start method, Linux's default before
+# Python 3.14). Each child makes spans, says how many spans its copy of trace_ext's buffer
+# holds, then runs the exit handler it inherited, as a child that ends through sys.exit would.
+FORKING_CELL = """%%trace forking
+import multiprocessing, os
+from trace_ext._extension import active as _active
+_ext = _active()
+def _child(queue):
+    processor = _t.get_tracer_provider()._trace_ext_processor
+    at_start = processor.buffered()
+    tracer = _t.get_tracer('child')
+    for i in range(300):
+        with tracer.start_as_current_span(f'child-{i}'):
+            pass
+    made = processor.buffered()
+    _ext._at_exit()
+    queue.put([os.getpid(), at_start, made])
+_ids.append(format(_t.get_current_span().get_span_context().span_id, '016x'))
+with _t.get_tracer('lib').start_as_current_span('before-fork') as _s:
+    _ids.append(format(_s.get_span_context().span_id, '016x'))
+_ctx = multiprocessing.get_context('fork')
+_queue = _ctx.Queue()
+_children = [_ctx.Process(target=_child, args=(_queue,)) for _ in range(3)]
+for _p in _children:
+    _p.start()
+_reports = [_queue.get(timeout=60) for _ in _children]
+for _p in _children:
+    _p.join(60)
+with _t.get_tracer('lib').start_as_current_span('after-fork') as _s:
+    _ids.append(format(_s.get_span_context().span_id, '016x'))
+[_p.exitcode for _p in _children]
+"""
+
+
+def test_a_forked_child_stays_out_of_the_way_and_the_parent_keeps_its_store(start_kernel, receiver, store_path):
+    kernel = traced_kernel(start_kernel, receiver)
+    for i in range(3):
+        kernel.ok(CELL.format(name=f"before-{i}"))  # the sender is busy while the children run
+    run = kernel.ok(FORKING_CELL)
+    assert run.result["data"]["text/plain"] == "[0, 0, 0]", run.text()
+    reports = kernel.value("_reports")
+    # The child's buffer never grows: its spans are not kept in memory it can't save.
+    assert [(at_start, made) for _pid, at_start, made in reports] == [(0, 0)] * 3, reports
+    for i in range(3):
+        kernel.ok(CELL.format(name=f"after-{i}"))
+    produced = kernel.value("_ids")
+    flushed(kernel)
+    conn = sqlite3.connect(str(store_path))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        names = [name for (name,) in conn.execute("SELECT name FROM spans")]
+    finally:
+        conn.close()
+    assert not [n for n in names if n.startswith("child-")]
+    # Every span of the parent's sent once; nothing of the children's arrived.
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=len(produced)) and len(produced) == 15

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
-from .conftest import require, wait_until
+from .conftest import installed, require, wait_until
 
 REGISTER = (
     "from phoenix.otel import register\n"
@@ -14,7 +13,7 @@ REGISTER = (
 
 
 def test_a_provider_set_up_after_loading_becomes_global_and_is_recorded(start_kernel, receiver):
-    require(importlib.util.find_spec("phoenix.otel") is not None, "arize-phoenix-otel is not installed")
+    require(installed("phoenix.otel"), "arize-phoenix-otel is not installed")
     kernel = start_kernel()
     kernel.ok("%load_ext trace_ext")
     kernel.ok("from opentelemetry import trace\nearly = trace.get_tracer('early')")
@@ -90,3 +89,61 @@ def test_a_grpc_exporter_gets_a_sentence_saying_what_to_set(start_kernel):
     status = loaded_status(kernel)
     assert "sends over gRPC (127.0.0.1:9)" in status, status
     assert "TraceExt.endpoint" in status and "stored locally" in status
+
+
+# A provider that samples nothing but still records every span for its processors, as
+# AlwaysRecordSampler (OpenTelemetry SDK) does for span-counting processors; and one of
+# those processors, to see that the spans did reach processors.
+UNSAMPLED_PROVIDER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
+class RecordOnly(Sampler):
+    def __init__(self, root):
+        self._root = root
+    def should_sample(self, *args, **kwargs):
+        result = self._root.should_sample(*args, **kwargs)
+        if result.decision is Decision.DROP:
+            return SamplingResult(Decision.RECORD_ONLY, result.attributes, result.trace_state)
+        return result
+    def get_description(self):
+        return "RecordOnly"
+class Counting(SpanProcessor):
+    ended = []
+    def on_end(self, span):
+        Counting.ended.append(span.name)
+early = trace.get_tracer('early')  # taken from trace_ext's provider, which samples everything
+provider = TracerProvider(sampler=RecordOnly(ParentBased(TraceIdRatioBased(0))))
+provider.add_span_processor(Counting())
+trace.set_tracer_provider(provider)
+"""
+
+
+def test_spans_that_were_not_sampled_are_neither_stored_nor_sent(start_kernel, receiver, store_path):
+    import sqlite3
+
+    kernel = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok(UNSAMPLED_PROVIDER)
+    assert kernel.value("trace.get_tracer_provider() is provider") is True
+    for i in range(3):
+        kernel.ok(
+            f"%%trace unsampled-{i}\n"
+            f"with trace.get_tracer('lib').start_as_current_span('unsampled-child-{i}'):\n"
+            "    pass"
+        )
+    kernel.ok("early.start_span('sampled').end()")
+    kernel.ok("%trace flush --timeout 20")
+    # The provider's processors saw the spans: they were recorded, only not sampled.
+    assert sorted(kernel.value("Counting.ended")) == sorted(
+        [f"unsampled-{i}" for i in range(3)] + [f"unsampled-child-{i}" for i in range(3)]
+    )
+    assert [s.name for s in receiver.wait_for_spans(1)] == ["sampled"]
+    conn = sqlite3.connect(str(store_path))
+    try:
+        stored = [name for (name,) in conn.execute("SELECT name FROM spans")]
+    finally:
+        conn.close()
+    assert stored == ["sampled"]
+    kernel.ok("%trace flush --timeout 5")
+    assert [s.name for s in receiver.spans] == ["sampled"]

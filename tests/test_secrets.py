@@ -114,3 +114,30 @@ def test_secrets_inside_credentials_are_found():
     assert {PUBLIC, SECRET} <= secrets and "ml" not in secrets and "4" not in secrets
     redact = Redactor(["pw=\\w+"], secrets)
     assert redact(f"{basic} and pw=x1 and {SECRET}") == f"{MARK} and {MARK} and {MARK}"
+
+
+def test_log_records_of_every_trace_ext_logger_are_redacted(tmp_path, store_path):
+    """Not only the package's logger: a module's own getLogger(__name__) too."""
+    log_path = tmp_path / "kernel-stderr.log"
+    with open(log_path, "w") as log_file:
+        kernel = Kernel(env=clean_env(TRACE_EXT_STORE_PATH=str(store_path)), cwd=str(tmp_path), stderr=log_file)
+    try:
+        kernel.ok("%load_ext trace_ext")
+        kernel.ok(f"%config TraceExt.headers = {{'X-Extra-Token': '{HEADER}'}}")
+        kernel.ok(
+            "import logging\n"
+            "from trace_ext._capture import observe\n"
+            "try:\n"
+            f"    raise RuntimeError('the tracer said {HEADER}')\n"
+            "except RuntimeError:\n"
+            "    observe.log.warning('observed call with %s', 'token " + HEADER + "', exc_info=True)\n"
+            f"logging.getLogger('trace_ext._capture.attributes').warning('attribute {HEADER}')"
+        )
+        kernel.shutdown()
+        text = log_path.read_text()
+        assert "observed call with token" in text and "the tracer said" in text, text  # the lines were logged
+        assert HEADER not in text, text
+        assert f"token {MARK}" in text and f"attribute {MARK}" in text
+    finally:
+        if kernel.km.has_kernel:
+            kernel.shutdown(now=True)

@@ -245,3 +245,36 @@ def test_an_exception_whose_str_fails_is_still_recorded(loaded, store_path):
     # The span says what the user was told, whichever exception IPython reported.
     assert message.status.code == 2 and message.status.message.startswith(run.reply["ename"])
     assert [e.name for e in message.events] == ["exception"]
+
+
+# Times IPython's traceback rendering (formatting the frames, as the user will see them).
+TIME_RENDERING = """
+import time
+_ip = get_ipython()
+_rendering = []
+_format = _ip.InteractiveTB.structured_traceback
+def _timed_format(*args, **kwargs):
+    started = time.time_ns()
+    try:
+        return _format(*args, **kwargs)
+    finally:
+        _rendering.append([started, time.time_ns()])
+_ip.InteractiveTB.structured_traceback = _timed_format
+"""
+
+
+def test_a_failing_cells_span_ends_when_its_code_does_not_after_the_traceback(loaded, store_path):
+    loaded.ok(TIME_RENDERING)
+    for i in range(3):
+        run = loaded.execute(f"%%trace failing-{i}\nraise ValueError('at once')")
+        assert run.status == "error" and run.reply["ename"] == "ValueError"
+    rendering = loaded.value("_rendering")
+    spans = sorted((span for [span] in stored_traces(store_path, 3)), key=lambda s: s.start_ns)
+    assert [s.name for s in spans] == ["failing-0", "failing-1", "failing-2"] and len(rendering) == 3
+    for span, (render_start, render_end) in zip(spans, rendering):
+        took = (render_end - render_start) / 1e6
+        assert span.end_ns <= render_start, (
+            f"{span.name} ended {(span.end_ns - render_start) / 1e6:.1f} ms after the traceback's "
+            f"rendering began (rendering took {took:.1f} ms)"
+        )
+        assert span.start_ns < span.end_ns

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import sqlite3
 import time
 import uuid
@@ -15,7 +16,7 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 from ._capture import threads
-from ._capture.cells import CellTracer, strip_trace_line
+from ._capture.cells import CellTracer, strip_trace_line, watch_error_reports
 from ._delivery.destination import (
     SENDER_SETTINGS,
     environment_fingerprint,
@@ -55,6 +56,7 @@ class Extension:
         self._env = environment_fingerprint()
         self._destination = None
         self._store_watch = StoreWatch(self.status)
+        self._pid = os.getpid()  # a child made by os.fork() inherits this object, not the process
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -82,6 +84,7 @@ class Extension:
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
         shell.input_transformers_cleanup.append(strip_trace_line)
+        self._unwatch_errors = watch_error_reports(shell, self.cells.error_reported)
         self.magics = TraceMagics(shell, self)
         shell.register_magics(self.magics)
         self._restore_config = wrap_config_magic(shell, s)
@@ -101,6 +104,7 @@ class Extension:
         for kind in ("line", "cell"):
             shell.magics_manager.magics[kind].pop("trace", None)
         shell.magics_manager.registry.pop(type(self.magics).__name__, None)
+        self._unwatch_errors()
         if strip_trace_line in shell.input_transformers_cleanup:
             shell.input_transformers_cleanup.remove(strip_trace_line)
         shell.events.unregister("post_run_cell", self._post_run_cell)
@@ -115,6 +119,8 @@ class Extension:
         self._close_displays()
 
     def _at_exit(self) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child's exit: the store, the spans and the sender are the parent's
         try:
             self.cells.end_open_span("The kernel exited while the cell ran.")
             self.save()
@@ -125,6 +131,16 @@ class Extension:
             log.exception("trace_ext could not finish at exit")
 
     # -- hooks (never raise into the user's cell) ----------------------------
+
+    def leave_to_parent(self) -> None:
+        """In a child made by ``os.fork()`` (multiprocessing's default on Linux): stay out of the way.
+
+        The child has no sender thread and runs no cells, so it records nothing
+        (the processor forgets itself at the fork, see _recording.providers),
+        never touches the parent's store, and gives other SDKs their exporters back.
+        """
+        self.sdks.peers.give_back_after_fork()
+        self.store.forget_after_fork()
 
     def _pre_run_cell(self, info) -> None:
         try:
@@ -315,6 +331,19 @@ class StoreWatch:
                 status.last_error = ""  # the store's problem is over: don't keep showing it
             status.store_warning = warning
             status.in_memory, status.dropped = in_memory, dropped
+
+
+def _after_fork_in_child() -> None:
+    for extension in _ACTIVE.values():
+        try:
+            extension.leave_to_parent()
+        except Exception:  # the child must go on, whatever happens here
+            log.exception("trace_ext could not step aside in a forked child")
+    _ACTIVE.clear()  # trace_ext is not loaded in the child: trace_ext.flush() says so
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def active(shell=None) -> Extension | None:

@@ -1,4 +1,10 @@
-"""trace_ext's log: the kernel's own stderr (the server log), never the user's cell, never a secret."""
+"""trace_ext's log: the kernel's own stderr (the server log), never the user's cell, never a secret.
+
+Every logger under ``trace_ext`` (a module's ``logging.getLogger(__name__)``
+included) propagates to the one handler here. Redaction is that handler's
+filter, not the logger's: a logger's filters only see records logged on that
+very logger, never those its children pass up.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ def log_to_process_stderr() -> None:
         handler = logging.StreamHandler(sys.__stderr__)
         handler.setFormatter(logging.Formatter("[trace_ext] %(levelname)s %(message)s"))
         handler._trace_ext = True  # type: ignore[attr-defined]
+        handler.addFilter(LOG_FILTER)
         log.addHandler(handler)
-        log.addFilter(LOG_FILTER)
         log.setLevel(logging.INFO)
         log.propagate = False

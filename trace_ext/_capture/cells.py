@@ -5,10 +5,16 @@ A ``%%trace`` cell is not run by the magic. An input transformer removes the
 ``await``, tracebacks, ``;`` and hooks all behave as untraced), while the
 pre-cell hook opens the span and makes it current, and the post-cell hook
 records the outcome and ends it.
+
+A cell that raises ends when its code does, not at the post-cell hook:
+IPython renders the traceback in between (100-300 ms for a one-line
+``raise``). :func:`watch_error_reports` notes the moment IPython starts to
+show an error, and the span of a cell that failed ends then.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -26,7 +32,10 @@ from opentelemetry.trace import Status, StatusCode
 
 from .values import capture, describe_exception, shown_text, truncate
 
-__all__ = ["USAGE", "CellArgs", "CellTracer", "command_parser", "parse_cell_args", "split_traced_cell", "split_words", "strip_trace_line"]
+__all__ = [
+    "USAGE", "CellArgs", "CellTracer", "command_parser", "parse_cell_args", "split_traced_cell",
+    "split_words", "strip_trace_line", "watch_error_reports",
+]
 
 USAGE = "%%trace [NAME] [--session ID] [--user ID] [--tag TAG]... [--metadata KEY=VALUE]..."
 
@@ -116,6 +125,48 @@ def strip_trace_line(lines: list[str]) -> list[str]:
     return ["\n", *rest]
 
 
+# What IPython calls, as soon as the code has raised, to render and show the error:
+# run_code for an exception (SystemExit included), run_cell for a SyntaxError.
+_ERROR_REPORTS = ("showtraceback", "showsyntaxerror")
+
+
+def watch_error_reports(shell, reported: Callable[[], None]) -> Callable[[], None]:
+    """Call ``reported`` whenever ``shell`` starts to show an error; returns the undo function.
+
+    If someone wrapped the same methods on top of ours meanwhile, the undo leaves
+    ours in place, doing nothing but call through, so their wrapper keeps working.
+    """
+    wrappers: dict[str, tuple[object, object, bool]] = {}
+    active = [True]
+    for name in _ERROR_REPORTS:
+        original = getattr(shell, name, None)
+        if original is None:
+            continue
+
+        @functools.wraps(original)
+        def wrapper(*args, _original=original, **kwargs):
+            if active[0]:
+                try:
+                    reported()
+                except Exception:  # noting the time must never cost the user their traceback
+                    pass
+            return _original(*args, **kwargs)
+
+        wrappers[name] = (original, wrapper, name in vars(shell))
+        setattr(shell, name, wrapper)
+
+    def undo() -> None:
+        active[0] = False
+        for name, (original, wrapper, own) in wrappers.items():
+            if vars(shell).get(name) is wrapper:
+                if own:
+                    setattr(shell, name, original)
+                else:
+                    delattr(shell, name)  # the class's method again
+
+    return undo
+
+
 def _user_traceback(exc: BaseException) -> str:
     """The traceback the user sees: without IPython's own frames at the top."""
     tb = exc.__traceback__
@@ -143,6 +194,12 @@ class CellTracer:
         self._named = False
         self._context = None
         self._token = None
+        self._error_shown_ns: int | None = None  # when IPython began to show an error in the cell
+
+    def error_reported(self) -> None:
+        """IPython starts to show an error: if the cell failed, its code ended now."""
+        if self._span is not None:
+            self._error_shown_ns = time.time_ns()
 
     def _attributes(self, args: CellArgs, body: str, count: int, cell_id: str | None) -> dict:
         limit = self._settings.max_attribute_length
@@ -185,6 +242,7 @@ class CellTracer:
             attributes=self._attributes(args, body, count, getattr(info, "cell_id", None)),
         )
         self._span, self._named = span, args.name is not None
+        self._error_shown_ns = None
         self._context = trace.set_span_in_context(span, otel_context.Context())
         self._token = otel_context.attach(self._context)
 
@@ -192,10 +250,14 @@ class CellTracer:
         span = self._span
         if span is None:
             return
+        # A failed cell's code ended when IPython began to show the error (the last
+        # time it did: the cell's own code may have shown one and gone on).
+        failed = result.error_before_exec is not None or result.error_in_exec is not None
+        end = self._error_shown_ns if failed else None
         try:
             self._record_outcome(span, result)
         finally:
-            self._close()
+            self._close(end)
 
     def _record_outcome(self, span, result) -> None:
         limit = self._settings.max_attribute_length
@@ -234,11 +296,12 @@ class CellTracer:
             span.set_status(Status(StatusCode.ERROR, reason))
             self._close()
 
-    def _close(self) -> None:
+    def _close(self, end_ns: int | None = None) -> None:
         span, context, token = self._span, self._context, self._token
         self._span = self._context = self._token = None
+        self._error_shown_ns = None
         if span is not None:
-            span.end(end_time=time.time_ns())
+            span.end(end_time=end_ns or time.time_ns())
         # Cells with top-level await run in their own asyncio task, whose context
         # died with it; only detach where our context is still the current one.
         if token is not None and otel_context.get_current() is context:

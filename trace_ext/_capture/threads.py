@@ -12,6 +12,12 @@ thread. While :func:`install` is in effect:
   ``loop.run_in_executor``) runs each call in the context current at submit.
 
 This is what ``opentelemetry-instrumentation-threading`` does, kept small.
+
+trace_ext's own threads that do network work (the sender, other SDKs'
+flushes) start instead from :func:`untraced_context`: no trace, and
+instrumentation suppressed, as the SDK's exporters do while they export. An
+HTTP client instrumentation (``opentelemetry-instrumentation-httpx``, ...)
+would otherwise make a span of every POST, stored and sent by the next POST.
 :func:`uninstall` puts the original methods back; if someone wrapped them on
 top of ours meanwhile, ours stay in place but do nothing, so their wrapper
 keeps working. Both are idempotent.
@@ -26,7 +32,24 @@ from concurrent.futures import thread as _futures_thread
 
 from opentelemetry import context as otel_context
 
-__all__ = ["install", "installed", "uninstall"]
+__all__ = ["install", "installed", "uninstall", "untraced_context"]
+
+# The keys instrumentations read (opentelemetry.instrumentation.utils.is_instrumentation_enabled):
+# create_key() makes each one unique, so they must be these objects, not new keys of the same
+# name. opentelemetry.context has them in every API this package supports (>= 1.25).
+_SUPPRESS_KEYS = (
+    getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation"),
+    getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation"),
+)
+
+
+def untraced_context() -> otel_context.Context:
+    """A fresh context (no current span) in which instrumentations record nothing."""
+    context = otel_context.Context()
+    for key in _SUPPRESS_KEYS:
+        context = otel_context.set_value(key, True, context)
+    return context
+
 
 _ATTRIBUTE = "_trace_ext_otel_context"
 _lock = threading.Lock()

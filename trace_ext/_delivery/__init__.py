@@ -9,6 +9,6 @@
 - :mod:`.status`: :class:`~.status.DeliveryState`, the live counters
   (:class:`~.status.DeliveryStatus`) and :class:`~.status.DeliveryReport`.
 
-May import: :mod:`.._store`, :mod:`.._otlp`, :mod:`.._capture.values`,
+May import: :mod:`.._store`, :mod:`.._otlp`, :mod:`.._capture.values`, :mod:`.._capture.threads`,
 :mod:`.._sdks.langfuse`, :mod:`..config`, :mod:`.._version`.
 """

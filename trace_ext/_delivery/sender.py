@@ -18,6 +18,7 @@ import httpx
 from opentelemetry import context as otel_context
 
 from .._store.store import Claimed, SpanStore
+from .._capture.threads import untraced_context
 from .destination import SenderConfig
 from .policy import (
     SPLIT,
@@ -148,8 +149,9 @@ class Sender:
 
     def _run(self) -> None:
         # Whatever context the thread was started in (a traced cell's, say), the
-        # sender's own work belongs to no trace.
-        otel_context.attach(otel_context.Context())
+        # sender's own work belongs to no trace, and an HTTP instrumentation must
+        # not make a span of each POST (which the next POST would send).
+        otel_context.attach(untraced_context())
         while not self._stopping:
             self._wake.wait(self._wait_time())
             self._wake.clear()

@@ -59,6 +59,17 @@ class BufferingSpanProcessor(SpanProcessor):
         self._active = False
         self._on_full = self._save = None
 
+    def forget_after_fork(self) -> None:
+        """In a child made by ``os.fork()``: inert, with an empty buffer of its own.
+
+        The child has no post-cell hook and no sender, so what it recorded would
+        only pile up in memory; the inherited buffer is the parent's to save.
+        The lock is new: another thread of the parent may have held it at the fork.
+        """
+        self._lock = threading.Lock()
+        self._buffer = []
+        self.deactivate()
+
     def set_redactor(self, redactor: Redactor) -> None:
         self._redactor = redactor
 
@@ -73,6 +84,10 @@ class BufferingSpanProcessor(SpanProcessor):
         if not self._active:
             return
         self.watch()
+        # A sampler that records without sampling (RECORD_ONLY) hands its spans to
+        # processors for counting, not for export: the SDK's own processors drop them too.
+        if not span.context.trace_flags.sampled:
+            return
         self.record(span)
 
     def record(self, span) -> None:

@@ -33,6 +33,8 @@ __all__ = ["Providers", "api_tracer", "default_resource", "processors_of"]
 # One processor for the whole process: a provider keeps whatever processor it
 # was given (the SDK can't remove one), so %reload_ext reuses this instance.
 _PROCESSOR = BufferingSpanProcessor()
+if hasattr(os, "register_at_fork"):  # a forked child records nothing (README, "How it works")
+    os.register_at_fork(after_in_child=_PROCESSOR.forget_after_fork)
 _OWN: list[TracerProvider] = []  # trace_ext's own provider, made once per process
 
 

@@ -8,5 +8,5 @@
   endpoint, keys, client). Imports nothing of trace_ext, so any package may use it.
 
 May import: :mod:`.._recording`, :mod:`.._delivery.destination`,
-:mod:`.._delivery.status`, :mod:`.._log`.
+:mod:`.._delivery.status`, :mod:`.._capture.threads`, :mod:`.._log`.
 """

@@ -14,8 +14,11 @@ import threading
 import time
 from typing import Callable
 
+from opentelemetry import context as otel_context
+
 from .._delivery.status import DeliveryStatus
 from .._log import log
+from .._capture.threads import untraced_context
 
 __all__ = ["PeerFlush"]
 
@@ -32,6 +35,9 @@ class _Worker:
         thread.start()
 
     def _run(self) -> None:
+        # Another SDK's flush may send over an instrumented HTTP client: as for the
+        # sender, that is no span of the notebook's (nor nested under a cell).
+        otel_context.attach(untraced_context())
         while not self._owner.stopped:
             self.wanted.wait()
             self.wanted.clear()

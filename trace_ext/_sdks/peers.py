@@ -241,6 +241,18 @@ class Peers:
             self._seen.clear()
             self.peers = []
 
+    def give_back_after_fork(self) -> None:
+        """In a child made by ``os.fork()``: the other SDKs send the child's spans themselves,
+        as without trace_ext. (Their processors emptied their queues at the fork; no lock:
+        a thread of the parent may have held it, and the child has only this one.)"""
+        for peer in self.peers:
+            if peer.handed_over:
+                try:
+                    setattr(peer.holder, peer.attribute, peer.exporter.original)
+                except (AttributeError, TypeError):
+                    pass
+        self._lock = threading.RLock()
+
     # -- what to flush after a cell ------------------------------------------
 
     def flush_jobs(self, timeout_s: float) -> list[tuple[str, Callable[[], object]]]:

@@ -229,6 +229,23 @@ class SpanStore:
                 conn.close()
         self._local = threading.local()
 
+    def forget_after_fork(self) -> None:
+        """In a child made by ``os.fork()``: never use, nor close, the inherited connections.
+
+        SQLite connections must not cross a fork, and closing one may checkpoint
+        or delete the write-ahead log the parent is writing. They are kept,
+        unused, for the child's whole life (even through interpreter shutdown,
+        which would otherwise close them), and the store is closed to the child.
+        """
+        import ctypes
+
+        inherited = (self._connections, self._memory, self._local)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(inherited))  # never freed, so never closed
+        self._connections, self._memory, self._local = [], None, threading.local()
+        self._lock, self._guard = threading.Lock(), threading.RLock()
+        self._closed = True
+        self.listener = None
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction. While another connection holds the lock, retry every
