@@ -129,7 +129,10 @@ class Sender:
         if thread is not None and thread is not threading.current_thread():
             # A request in flight is bounded by the deadline too (see _post); if the
             # thread still isn't done, it dies with the process.
-            thread.join(max(self._deadline - time.monotonic(), 0.0) + 0.5)
+            # A little slack past the deadline only: a request still in flight then is
+            # not waited for (its spans are given back below), and the kernel must be
+            # gone within shutdown_timeout + 1 s, process teardown included.
+            thread.join(max(self._deadline - time.monotonic(), 0.0) + 0.1)
             in_flight = list(self._in_flight)
             if thread.is_alive() and in_flight:
                 # Give that request's spans back now, not when the lease ends, so the
