@@ -151,6 +151,15 @@ CELLS = [
     "6 * 7;",
     "def broken(:\n    pass",
     "raise KeyboardInterrupt",
+    # IPython's prefilter applies to a one-line cell: automagic, aliases, autocall, help.
+    "pwd",
+    "cd /tmp",
+    "pwd",
+    "ls -d /",
+    "len?",
+    # Cleanup of a cell that starts indented or with blank lines, as pasted.
+    "    y = 1",
+    "\n\n    y = 2\n    y",
     "_calls",
 ]
 
@@ -180,6 +189,7 @@ def _observable(run) -> dict:
         "stdout": run.stdout,
         "stderr": run.stderr,
         "displays": [d["data"] for d in run.displays],
+        "payload": run.reply.get("payload"),  # e.g. the help page of `len?`
         "traceback": error and _traceback_text(error["traceback"]),
     }
 
@@ -200,6 +210,25 @@ def test_traced_cells_behave_exactly_like_untraced_cells(start_kernel, store_pat
     traces = stored_traces(store_path, 50)
     assert len(traces) == len(CELLS)
     assert traced.value("_calls") == plain.value("_calls") == {"pre": len(CELLS) + 1, "post": len(CELLS) + 1}
+
+
+def test_a_traced_cells_history_entry_is_the_cell_as_typed(loaded):
+    loaded.ok("%%trace named\npwd")
+    assert loaded.value("[In[-2], _i, _ih[-2]]") == ["%%trace named\npwd"] * 3
+    history = loaded.ok("%history -n -l 2").stdout
+    assert history.splitlines()[1:3] == ["%%trace named", "pwd"]
+
+
+@pytest.mark.parametrize("code", ["%%trace", "%%trace my-step --tag a", "%%trace\nx = 1"])
+def test_the_completeness_check_answers_as_for_any_cell_magic(loaded, code):
+    """A terminal (IPython, jupyter console, qtconsole) shows its continuation prompt."""
+    expected = _is_complete(loaded, code.replace("%%trace", "%%time", 1))
+    assert _is_complete(loaded, code) == expected == "incomplete"
+
+
+def _is_complete(kernel, code: str) -> str:
+    kernel.kc.is_complete(code)
+    return kernel.kc.get_shell_msg(timeout=30)["content"]["status"]
 
 
 def test_trace_show_renders_the_last_traces_as_a_tree(loaded):

@@ -16,7 +16,7 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 from ._capture import threads
-from ._capture.cells import CellTracer, strip_trace_line, watch_error_reports
+from ._capture.cells import CellTracer, run_body_as_cell, watch_error_reports
 from ._delivery.destination import (
     SENDER_SETTINGS,
     environment_fingerprint,
@@ -83,7 +83,7 @@ class Extension:
         self.cells = CellTracer(self.sdks.providers.tracer, s, self.session_id)
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
-        shell.input_transformers_cleanup.append(strip_trace_line)
+        self._unwrap_cells = run_body_as_cell(shell)
         self._unwatch_errors = watch_error_reports(shell, self.cells.error_reported)
         self.magics = TraceMagics(shell, self)
         shell.register_magics(self.magics)
@@ -105,8 +105,7 @@ class Extension:
             shell.magics_manager.magics[kind].pop("trace", None)
         shell.magics_manager.registry.pop(type(self.magics).__name__, None)
         self._unwatch_errors()
-        if strip_trace_line in shell.input_transformers_cleanup:
-            shell.input_transformers_cleanup.remove(strip_trace_line)
+        self._unwrap_cells()
         shell.events.unregister("post_run_cell", self._post_run_cell)
         shell.events.unregister("pre_run_cell", self._pre_run_cell)
         threads.uninstall()

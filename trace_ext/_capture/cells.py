@@ -1,10 +1,10 @@
 """The traced-cell span lifecycle: opened in ``pre_run_cell``, closed in ``post_run_cell``.
 
-A ``%%trace`` cell is not run by the magic. An input transformer removes the
-``%%trace`` line, so IPython runs the body as an ordinary cell (``Out[n]``,
-``await``, tracebacks, ``;`` and hooks all behave as untraced), while the
-pre-cell hook opens the span and makes it current, and the post-cell hook
-records the outcome and ends it.
+A ``%%trace`` cell is not run by the magic. IPython transforms its body as a
+cell of its own (:func:`run_body_as_cell`) and runs it as an ordinary cell
+(``Out[n]``, ``await``, tracebacks, ``;``, automagic and hooks all behave as
+untraced), while the pre-cell hook opens the span and makes it current, and
+the post-cell hook records the outcome and ends it.
 
 A cell that raises ends when its code does, not at the post-cell hook:
 IPython renders the traceback in between (100-300 ms for a one-line
@@ -34,7 +34,7 @@ from .values import capture, describe_exception, shown_text, truncate
 
 __all__ = [
     "USAGE", "CellArgs", "CellTracer", "command_parser", "parse_cell_args", "split_traced_cell",
-    "split_words", "strip_trace_line", "watch_error_reports",
+    "run_body_as_cell", "split_words", "watch_error_reports",
 ]
 
 USAGE = "%%trace [NAME] [--session ID] [--user ID] [--tag TAG]... [--metadata KEY=VALUE]..."
@@ -103,26 +103,97 @@ def split_traced_cell(raw_cell: str) -> tuple[str, str] | None:
     return match.group(1) or "", "".join(lines[1:])
 
 
-def strip_trace_line(lines: list[str]) -> list[str]:
-    """Input transformer: drop a valid ``%%trace`` line so the body runs as a normal cell.
+def _traced(raw_cell: str) -> tuple[str, str] | None:
+    """``(argument line, body)`` of a ``%%trace`` cell with valid arguments, else None.
 
-    The line becomes a blank line, so line numbers in tracebacks and
-    SyntaxErrors match the cell as written. With invalid arguments the line
-    stays, and the ``%%trace`` magic itself raises the UsageError.
+    With invalid arguments the cell is left to IPython, which runs the
+    ``%%trace`` magic itself, and that raises the UsageError.
     """
-    if not lines:
-        return lines
-    match = _TRACE_LINE.fullmatch(lines[0].strip())
-    if match is None:
-        return lines
+    parsed = split_traced_cell(raw_cell)
+    if parsed is None:
+        return None
     try:
-        parse_cell_args(match.group(1) or "")
+        parse_cell_args(parsed[0])
     except UsageError:
-        return lines
-    rest = lines[1:]
-    if rest and rest[0].startswith("%%"):
-        return rest  # another cell magic must stay on the first line
-    return ["\n", *rest]
+        return None
+    return parsed
+
+
+def _wrap(shell, owner, name: str, make: Callable[[Callable], Callable]) -> Callable[[], None]:
+    """Replace ``owner.name`` by ``make(original)``; returns the undo function.
+
+    If someone wrapped the same method on top of ours meanwhile, the undo leaves
+    ours in place, calling straight through, so their wrapper keeps working.
+    """
+    original = getattr(owner, name)
+    active = [True]
+    replacement = make(original)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        if active[0]:
+            return replacement(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    own = name in vars(owner)
+
+    def undo() -> None:
+        active[0] = False
+        if vars(owner).get(name) is wrapper:
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)  # the class's method again
+
+    setattr(owner, name, wrapper)
+    return undo
+
+
+def run_body_as_cell(shell) -> Callable[[], None]:
+    """Make IPython run a ``%%trace`` cell's body exactly as a cell of its own.
+
+    ``transform_cell`` is where IPython turns a cell into Python: cleanup of
+    leading blank lines and indentation, input transformers, then, for a
+    one-line cell, the prefilter (automagic, aliases, autocall, macros). For
+    a ``%%trace`` cell it gets the body alone, so a one-line body is a one-line
+    cell, and the ``%%trace`` line comes back as a blank first line, so
+    line numbers in tracebacks match the cell as written. Nothing is removed
+    in input cleanup, so the completeness check (``is_complete_request``, the
+    terminal's continuation prompt) answers as for any other cell magic.
+
+    The cell's history entry is the cell as typed, ``%%trace`` line included,
+    both raw (``_i``, ``%history``) and parsed (``In``): the body's translation
+    is how it ran, not what the user wrote. (IPython reads ``;`` output
+    suppression from the parsed entry, and the cell as typed ends as the body
+    does.) Returns the undo function.
+    """
+
+    def transform(original):
+        def transform_cell(raw_cell):
+            parsed = _traced(raw_cell)
+            if parsed is None:
+                return original(raw_cell)
+            return "\n" + original(parsed[1])
+        return transform_cell
+
+    undos = [_wrap(shell, shell, "transform_cell", transform)]
+    history = getattr(shell, "history_manager", None)
+    if history is not None:
+
+        def store(original):
+            def store_inputs(line_num, source, source_raw=None):
+                if source_raw is not None and _traced(source_raw) is not None:
+                    source = source_raw
+                return original(line_num, source, source_raw)
+            return store_inputs
+
+        undos.append(_wrap(shell, history, "store_inputs", store))
+
+    def undo() -> None:
+        for each in reversed(undos):
+            each()
+
+    return undo
 
 
 # What IPython calls, as soon as the code has raised, to render and show the error:
@@ -131,38 +202,22 @@ _ERROR_REPORTS = ("showtraceback", "showsyntaxerror")
 
 
 def watch_error_reports(shell, reported: Callable[[], None]) -> Callable[[], None]:
-    """Call ``reported`` whenever ``shell`` starts to show an error; returns the undo function.
+    """Call ``reported`` whenever ``shell`` starts to show an error; returns the undo function."""
 
-    If someone wrapped the same methods on top of ours meanwhile, the undo leaves
-    ours in place, doing nothing but call through, so their wrapper keeps working.
-    """
-    wrappers: dict[str, tuple[object, object, bool]] = {}
-    active = [True]
-    for name in _ERROR_REPORTS:
-        original = getattr(shell, name, None)
-        if original is None:
-            continue
+    def watch(original):
+        def report(*args, **kwargs):
+            try:
+                reported()
+            except Exception:  # noting the time must never cost the user their traceback
+                pass
+            return original(*args, **kwargs)
+        return report
 
-        @functools.wraps(original)
-        def wrapper(*args, _original=original, **kwargs):
-            if active[0]:
-                try:
-                    reported()
-                except Exception:  # noting the time must never cost the user their traceback
-                    pass
-            return _original(*args, **kwargs)
-
-        wrappers[name] = (original, wrapper, name in vars(shell))
-        setattr(shell, name, wrapper)
+    undos = [_wrap(shell, shell, name, watch) for name in _ERROR_REPORTS if hasattr(shell, name)]
 
     def undo() -> None:
-        active[0] = False
-        for name, (original, wrapper, own) in wrappers.items():
-            if vars(shell).get(name) is wrapper:
-                if own:
-                    setattr(shell, name, original)
-                else:
-                    delattr(shell, name)  # the class's method again
+        for each in reversed(undos):
+            each()
 
     return undo
 
