@@ -26,13 +26,19 @@ import threading, json
 ip = get_ipython()
 def _ours(cb):
     return type(getattr(cb, "__self__", None)).__module__.startswith("trace_ext")
+def _layers(method):
+    return 0 if not hasattr(method, "__wrapped__") else 1 + _layers(method.__wrapped__)
 from opentelemetry import trace as _t
 _p = _t.get_tracer_provider()
 _procs = getattr(getattr(_p, "_active_span_processor", None), "_span_processors", ())
 print(json.dumps({
     "pre": sum(map(_ours, ip.events.callbacks["pre_run_cell"])),
     "post": sum(map(_ours, ip.events.callbacks["post_run_cell"])),
-    "transformers": sum(getattr(t, "__module__", "").startswith("trace_ext") for t in ip.input_transformers_cleanup),
+    # Shell methods wrapped (run_body_as_cell, watch_error_reports), layers of wrapping counted.
+    "wrapped": sum(_layers(getattr(o, n)) for o, n in [
+        (ip, "transform_cell"), (ip, "showtraceback"), (ip, "showsyntaxerror"),
+        (ip.history_manager, "store_inputs"),
+    ]),
     "line_magic": "trace" in ip.magics_manager.magics["line"],
     "cell_magic": "trace" in ip.magics_manager.magics["cell"],
     "config_magic_ours": hasattr(ip.magics_manager.magics["line"]["config"], "__wrapped__"),
@@ -85,7 +91,7 @@ def test_load_registers_hooks_magics_exit_handler_and_one_widget(kernel, store_p
     assert "text/html" in widgets[0]["data"]
     state = inventory(kernel)
     assert state == {
-        "pre": 1, "post": 1, "transformers": 1, "line_magic": True, "cell_magic": True,
+        "pre": 1, "post": 1, "wrapped": 4, "line_magic": True, "cell_magic": True,
         "config_magic_ours": True, "configurable": 1, "senders": 1, "processors": 1,
         "atexit": 1,
     }
@@ -101,7 +107,7 @@ def test_unload_removes_everything_and_stops_the_sender(kernel):
     kernel.ok("%unload_ext trace_ext")
     state = inventory(kernel)
     assert state == {
-        "pre": 0, "post": 0, "transformers": 0, "line_magic": False, "cell_magic": False,
+        "pre": 0, "post": 0, "wrapped": 0, "line_magic": False, "cell_magic": False,
         "config_magic_ours": False, "configurable": 0, "senders": 0,
         # The SDK can't remove a processor; ours stays attached but inert (see below).
         "processors": 1, "atexit": 0,
@@ -121,7 +127,7 @@ def test_three_reloads_leave_one_set_of_hooks_and_one_sender(kernel, store_path)
         loaded.ok("%reload_ext trace_ext")
     state = inventory(loaded)
     assert state == {
-        "pre": 1, "post": 1, "transformers": 1, "line_magic": True, "cell_magic": True,
+        "pre": 1, "post": 1, "wrapped": 4, "line_magic": True, "cell_magic": True,
         "config_magic_ours": True, "configurable": 1, "senders": 1, "processors": 1,
         "atexit": 1,
     }
