@@ -865,14 +865,16 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m tests.backends install|serve``."""
     parser = argparse.ArgumentParser(
         prog="python -m tests.backends",
-        description="Prepare or run the test backends (Phoenix, MLflow).",
+        description="Prepare or run the test backends (Phoenix, MLflow) and the kernelspec.",
     )
     parser.add_argument("--venv", type=Path, default=PHOENIX_VENV, help=f"default: {PHOENIX_VENV}")
     parser.add_argument(
         "--mlflow-venv", type=Path, default=MLFLOW_VENV, help=f"default: {MLFLOW_VENV}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install", help="create the Phoenix and MLflow virtualenvs (idempotent)")
+    commands.add_parser(
+        "install", help="install the trace_ext kernelspec; create the Phoenix and MLflow virtualenvs (idempotent)"
+    )
     serve = commands.add_parser(
         "serve", help="run a throw-away Phoenix (or MLflow) until Ctrl-C (to look at the UI)"
     )
@@ -880,6 +882,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "install":
+        # An editable install (`pip install -e .`, the README's test command) leaves out
+        # the data files that `pip install .` installed, the kernelspec among them.
+        subprocess.run([sys.executable, "-m", "trace_ext", "install", "--sys-prefix"], check=True)
         venv = install_phoenix(args.venv)
         print(venv)
         print(f"arize-phoenix {phoenix_version(venv)}")

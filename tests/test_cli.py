@@ -16,7 +16,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from trace_ext.__main__ import DISPLAY_NAME, KERNEL_NAME, kernelspec
 from trace_ext._store.store import SpanStore
 
-from .conftest import ROOT, clean_env
+from .conftest import ROOT, clean_env, require
 from .kernel import Kernel
 
 QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
@@ -155,3 +155,13 @@ def test_installed_kernelspec_loads_trace_ext_and_uninstalls(tmp_path, store_pat
     absent = cli("uninstall", "--name", "trace-ext-never-installed", JUPYTER_PATH=data_dir)
     assert absent.returncode == 0
     assert "nothing to remove" in absent.stdout
+
+
+def test_the_readme_test_command_leaves_the_trace_ext_kernelspec_installed():
+    """`pip install -e .` drops the kernelspec `pip install .` installed; the set-up puts it back."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    require("python3-trace-ext" in specs, "the kernelspec is missing: run `python -m tests.backends install`")
+    spec = KernelSpecManager().get_kernel_spec("python3-trace-ext")
+    assert spec.display_name == "Python 3 (trace_ext)"
