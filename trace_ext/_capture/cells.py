@@ -119,23 +119,31 @@ def _traced(raw_cell: str) -> tuple[str, str] | None:
     return parsed
 
 
-def _wrap(shell, owner, name: str, make: Callable[[Callable], Callable]) -> Callable[[], None]:
+def _wrap(owner, name: str, make: Callable[[Callable], Callable]) -> Callable[[], None]:
     """Replace ``owner.name`` by ``make(original)``; returns the undo function.
 
     If someone wrapped the same method on top of ours meanwhile, the undo leaves
     ours in place, calling straight through, so their wrapper keeps working.
     """
-    original = getattr(owner, name)
+    own = name in vars(owner)
+    if own:
+        original = vars(owner)[name]
+    else:
+        # The class's method, looked up at each call: code that replaces it on the
+        # class (IPython's own tests do) gets the behaviour it asked for.
+        def original(*args, **kwargs):
+            method = getattr(type(owner), name)
+            bound = method.__get__(owner, type(owner)) if hasattr(method, "__get__") else method
+            return bound(*args, **kwargs)
+
     active = [True]
     replacement = make(original)
 
-    @functools.wraps(original)
+    @functools.wraps(getattr(owner, name))
     def wrapper(*args, **kwargs):
         if active[0]:
             return replacement(*args, **kwargs)
         return original(*args, **kwargs)
-
-    own = name in vars(owner)
 
     def undo() -> None:
         active[0] = False
@@ -176,7 +184,7 @@ def run_body_as_cell(shell) -> Callable[[], None]:
             return "\n" + original(parsed[1])
         return transform_cell
 
-    undos = [_wrap(shell, shell, "transform_cell", transform)]
+    undos = [_wrap(shell, "transform_cell", transform)]
     history = getattr(shell, "history_manager", None)
     if history is not None:
 
@@ -187,7 +195,7 @@ def run_body_as_cell(shell) -> Callable[[], None]:
                 return original(line_num, source, source_raw)
             return store_inputs
 
-        undos.append(_wrap(shell, history, "store_inputs", store))
+        undos.append(_wrap(history, "store_inputs", store))
 
     def undo() -> None:
         for each in reversed(undos):
@@ -213,7 +221,7 @@ def watch_error_reports(shell, reported: Callable[[], None]) -> Callable[[], Non
             return original(*args, **kwargs)
         return report
 
-    undos = [_wrap(shell, shell, name, watch) for name in _ERROR_REPORTS if hasattr(shell, name)]
+    undos = [_wrap(shell, name, watch) for name in _ERROR_REPORTS if hasattr(shell, name)]
 
     def undo() -> None:
         for each in reversed(undos):
