@@ -160,6 +160,10 @@ CELLS = [
     # Cleanup of a cell that starts indented or with blank lines, as pasted.
     "    y = 1",
     "\n\n    y = 2\n    y",
+    # Other cell magics after %%trace, as IPython runs them in a cell of their own.
+    "%%capture captured\nprint('hidden')\n'not shown'",
+    "captured.stdout",
+    "%%bash\necho from bash",
     "_calls",
 ]
 
@@ -206,10 +210,12 @@ def test_traced_cells_behave_exactly_like_untraced_cells(start_kernel, store_pat
         actual = _observable(traced.execute(f"%%trace\n{body}"))
         assert actual == expected, body
         assert "trace_ext" not in str(actual["traceback"])
-    # Every traced cell became exactly one span, and the user's hooks fired once per cell.
+    # Every traced cell became exactly one span, and the user's hooks fired once per cell
+    # (and once more for the cell that %%capture runs), plus once for the `value` call.
     traces = stored_traces(store_path, 50)
     assert len(traces) == len(CELLS)
-    assert traced.value("_calls") == plain.value("_calls") == {"pre": len(CELLS) + 1, "post": len(CELLS) + 1}
+    calls = len(CELLS) + 2
+    assert traced.value("_calls") == plain.value("_calls") == {"pre": calls, "post": calls}
 
 
 def test_a_traced_cells_history_entry_is_the_cell_as_typed(loaded):
@@ -217,6 +223,13 @@ def test_a_traced_cells_history_entry_is_the_cell_as_typed(loaded):
     assert loaded.value("[In[-2], _i, _ih[-2]]") == ["%%trace named\npwd"] * 3
     history = loaded.ok("%history -n -l 2").stdout
     assert history.splitlines()[1:3] == ["%%trace named", "pwd"]
+
+
+def test_time_after_trace_times_the_body_in_the_traced_cell(loaded, store_path):
+    run = loaded.ok("%%trace timed\n%%time\nx = 1")
+    assert "Wall time" in run.stdout and loaded.value("x") == 1
+    [spans] = stored_traces(store_path, 1)
+    assert [s.name for s in spans] == ["timed"]
 
 
 @pytest.mark.parametrize("code", ["%%trace", "%%trace my-step --tag a", "%%trace\nx = 1"])

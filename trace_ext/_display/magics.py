@@ -89,9 +89,9 @@ class TraceMagics(Magics):
     def _traced_cell_fallback(self, line: str, cell: str):
         """Reached only when the cell magic is called directly (``run_cell_magic``).
 
-        A notebook cell starting with ``%%trace`` never gets here: the input
-        transformer removes the line and the pre/post-cell hooks trace the
-        cell. Here bad arguments raise ``UsageError``; good ones run the body
+        A notebook cell starting with ``%%trace`` never gets here: IPython
+        runs its body as a cell of its own and the pre/post-cell hooks trace
+        it (``_capture.cells.run_body_as_cell``). Here bad arguments raise ``UsageError``; good ones run the body
         in a span that is a child of the current one.
         """
         args = parse_cell_args(line)
