@@ -22,7 +22,8 @@ from .traces import MAX_EMBEDDED_SPANS, MAX_SPANS_PER_TRACE, MAX_TRACES, Query, 
 __all__ = ["render_html"]
 
 VALUE_LIMIT = 20_000  # characters of one input, output or attribute value embedded in the page
-_FOLD_AT = 240  # a string longer than this (or of several lines) is folded
+_FOLD_AT = 240  # a string inside JSON or an attribute longer than this (or of several lines) is folded
+_FOLD_TEXT = 500  # an input or output text longer than this (or of 12 lines or more) is folded
 _JSON_NODES = 2_000  # most JSON values one input or output shows
 
 _STYLE = """
@@ -178,7 +179,14 @@ def _value_html(value: Value) -> str:
         except ValueError:
             return _pre(value.text)
         return f"<div class='txv-j'>{_JsonHtml().render(parsed)}</div>"
-    return _pre(value.text, code=value.form == "python")
+    if value.form == "python":
+        return _pre(value.text, code=True)
+    text = value.text
+    if len(text) <= _FOLD_TEXT and text.count("\n") < 12:
+        return _pre(text)
+    first = " ".join(text[:160].split())
+    return (f"<details><summary><span class='txv-c'></span>{_e(first)}… <i>({len(text):,} characters)</i></summary>"
+            f"{_pre(text)}</details>")
 
 
 def _attribute_value(value: Any) -> str:
