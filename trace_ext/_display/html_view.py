@@ -12,12 +12,14 @@ light and dark backgrounds: text inherits, greys are translucent.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
+import re
 import time
 from typing import Any, Iterable
 
-from .traces import MAX_EMBEDDED_SPANS, MAX_SPANS_PER_TRACE, MAX_TRACES, Query, SpanInfo, TraceInfo, Value, format_duration
+from .traces import DETAILED_SPANS, MAX_EMBEDDED_SPANS, MAX_SPANS_PER_TRACE, MAX_TRACES, Query, SpanInfo, TraceInfo, Value, format_duration
 
 __all__ = ["render_html"]
 
@@ -88,7 +90,6 @@ white-space:pre-wrap;word-break:break-word;max-height:28em;overflow:auto}
 .txv-p-m,.txv-p-mi,.txv-p-mf,.txv-p-mh{color:var(--jp-mirror-editor-number-color,#080)}
 .txv-p-nf,.txv-p-nc,.txv-p-fm{color:var(--jp-mirror-editor-def-color,#00f)}
 .txv-p-nb,.txv-p-bp{color:var(--jp-mirror-editor-builtin-color,#008000)}
-.txv-p-o{color:var(--jp-mirror-editor-operator-color,#aa22ff)}
 """
 
 _NUMERIC = ("Duration", "Spans")
@@ -124,15 +125,27 @@ def _pre(text: str, code: bool = False) -> str:
     return f"<pre>{body}</pre>" + (f"<div class='txv-top'>{_e(note)}</div>" if note else "")
 
 
-def _highlight(code: str) -> str:
-    """Python source with Pygments' token classes (coloured by the theme's editor colours)."""
+_PLAIN_TOKENS = re.compile(r'<span class="txv-p-(?:n|p|w|nn|o)">([^<]*)</span>')  # names, punctuation: no colour
+
+
+@functools.lru_cache(maxsize=1)
+def _pygments():
     try:
         from pygments import highlight
         from pygments.formatters import HtmlFormatter
         from pygments.lexers import PythonLexer
     except ImportError:  # IPython brings Pygments; without it the code is plain
+        return None
+    return highlight, PythonLexer(), HtmlFormatter(nowrap=True, classprefix="txv-p-")
+
+
+def _highlight(code: str) -> str:
+    """Python source with Pygments' token classes (coloured by the theme's editor colours)."""
+    found = _pygments()
+    if found is None:
         return _e(code)
-    return highlight(code, PythonLexer(), HtmlFormatter(nowrap=True, classprefix="txv-p-")).rstrip("\n")
+    highlight, lexer, formatter = found
+    return _PLAIN_TOKENS.sub(r"\1", highlight(code, lexer, formatter).rstrip("\n"))
 
 
 def _folded_text(label: str, text: str) -> str:
@@ -240,7 +253,8 @@ def _axis(total_ns: int) -> str:
             f"<span class='txv-num'>{_e(format_duration(total_ns))}</span></div>")
 
 
-def _waterfall(trace: TraceInfo, spans: list[SpanInfo]) -> str:
+def _waterfall(trace: TraceInfo, spans: list[SpanInfo], budget: list[int]) -> str:
+    """The axis and one row per span; the first ``budget[0]`` spans of the view get their details."""
     start = min((s.start_ns for s in spans), default=trace.start_ns)
     end = max((s.end_ns for s in spans), default=trace.end_ns)
     total = max(end - start, 1)
@@ -250,37 +264,49 @@ def _waterfall(trace: TraceInfo, spans: list[SpanInfo]) -> str:
         width = span.duration_ns * 100 / total
         colour = "background:var(--txv-err,#d32f2f);" if span.error else ""
         badge = f"<i class='txv-b txv-b-{span.kind}'>{span.kind}</i>" if span.kind else ""
+        style = [f"padding-left:{span.depth * 1.1:.1f}em"] if span.depth else []
+        if span.error:
+            style.append("color:var(--txv-err,#d32f2f)")
+        style_attr = f" style='{';'.join(style)}'" if style else ""
         err = " txv-err" if span.error else ""
-        mark = " style='color:var(--txv-err,#d32f2f)'" if span.error else ""
-        rows.append(
-            f"<details class='txv-sp' data-span-id='{span.span_id}' data-depth='{span.depth}'>"
-            f"<summary class='txv-sr'><span class='txv-nm{err}' style='padding-left:{span.depth * 1.1:.1f}em'{mark}>"
-            f"<span class='txv-c'></span>{badge}{_e(span.name)}</span>"
-            f"<span class='txv-tk'><span class='txv-bar' style='{colour}left:{left:.3f}%;width:{width:.3f}%'></span></span>"
-            f"<span class='txv-num'>{_e(format_duration(span.duration_ns))}</span></summary>{_details(span)}</details>"
-        )
+        row = (f"<span class='txv-nm{err}'{style_attr}><span class='txv-c'></span>{badge}{_e(span.name)}</span>"
+               f"<span class='txv-tk'><span class='txv-bar' style='{colour}left:{left:.2f}%;width:{width:.2f}%'></span></span>"
+               f"<span class='txv-num'>{_e(format_duration(span.duration_ns))}</span>")
+        ids = f"data-span-id='{span.span_id}' data-depth='{span.depth}'"
+        if budget[0] > 0:
+            budget[0] -= 1
+            rows.append(f"<details class='txv-sp' {ids}><summary class='txv-sr'>{row}</summary>{_details(span)}</details>")
+        else:
+            rows.append(f"<div class='txv-sp txv-bare' {ids}><div class='txv-sr'>{row}</div></div>")
     return _axis(total) + "".join(rows)
 
 
-def _trace_body(trace: TraceInfo) -> str:
+def _trace_body(trace: TraceInfo, budget: list[int]) -> str:
     meta = [f"trace <code>{_e(trace.trace_id)}</code>", _e(_clock(trace.start_ns))]
     if trace.link:
         name, url = trace.link
         meta.append(f"<a href='{_e(url)}' target='_blank' rel='noopener noreferrer'>open in {_e(name)} ↗</a>")
     body = [f"<div class='txv-meta'>{' · '.join(meta)}</div>"]
+    short = _e(trace.trace_id[:12])
     if trace.spans is None:
         body.append(
             f"<div class='txv-note'>This trace's waterfall is not embedded: one view holds {MAX_EMBEDDED_SPANS:,} spans "
-            f"at most. <code>%trace show --trace {_e(trace.trace_id[:12])}</code> shows it alone.</div>"
+            f"at most. <code>%trace show --trace {short}</code> shows it alone.</div>"
         )
         return "".join(body)
     if len(trace.spans) < trace.span_count:
         body.append(
             f"<div class='txv-note'>The first {len(trace.spans):,} of its {trace.span_count:,} spans (by start time) "
             f"are shown: a waterfall holds {MAX_SPANS_PER_TRACE:,} at most. "
-            f"<code>%trace export FILE --trace {_e(trace.trace_id[:12])}</code> writes them all.</div>"
+            f"<code>%trace export FILE --trace {short}</code> writes them all.</div>"
         )
-    body.append(_waterfall(trace, trace.spans))
+    if budget[0] < len(trace.spans):
+        body.append(
+            f"<div class='txv-note'>Inputs, outputs and attributes are embedded for the first {DETAILED_SPANS:,} spans "
+            f"of a view; {len(trace.spans) - max(budget[0], 0):,} rows here show their bar, kind and duration only. "
+            f"<code>%trace export FILE --trace {short}</code> writes everything.</div>"
+        )
+    body.append(_waterfall(trace, trace.spans, budget))
     return "".join(body)
 
 
@@ -288,7 +314,7 @@ def _status(word: str) -> str:
     return f"<span class='txv-st txv-s-{word}'>{word}</span>"
 
 
-def _trace_row(trace: TraceInfo, now: float, opened: bool) -> str:
+def _trace_row(trace: TraceInfo, now: float, opened: bool, budget: list[int]) -> str:
     status = "ERROR" if trace.error else "OK"
     name_style = " style='color:var(--txv-err,#d32f2f)'" if trace.error else ""
     tags = "".join(f"<span class='txv-tag'>{_e(t)}</span>" for t in trace.tags)
@@ -305,7 +331,7 @@ def _trace_row(trace: TraceInfo, now: float, opened: bool) -> str:
     ]
     return (f"<details class='txv-tr' data-trace-id='{trace.trace_id}'{' open' if opened else ''}>"
             f"<summary class='txv-row'>{''.join(cells)}</summary>"
-            f"<div class='txv-wf'>{_trace_body(trace)}</div></details>")
+            f"<div class='txv-wf'>{_trace_body(trace, budget)}</div></details>")
 
 
 def render_html(traces: list[TraceInfo], query: Query, more: bool, notes: Iterable[str] = (), now: float | None = None) -> str:
@@ -327,5 +353,6 @@ def render_html(traces: list[TraceInfo], query: Query, more: bool, notes: Iterab
         return "".join(parts) + "</div>"
     parts.append("<div class='txv-hd'>" + "".join(
         f"<span{' class=txv-num' if c in _NUMERIC else ''}>{c}</span>" for c in _COLUMNS) + "</div>")
-    parts += [_trace_row(t, now, opened=i == 0 and count == 1) for i, t in enumerate(traces)]
+    budget = [DETAILED_SPANS]  # spans whose details (input, output, attributes) the view still embeds
+    parts += [_trace_row(t, now, i == 0 and count == 1, budget) for i, t in enumerate(traces)]
     return "".join(parts) + "</div>"

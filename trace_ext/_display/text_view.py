@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from .traces import MAX_EMBEDDED_SPANS, MAX_SPANS_PER_TRACE, MAX_TRACES, Query, SpanInfo, TraceInfo, format_duration
+from .traces import DETAILED_SPANS, MAX_EMBEDDED_SPANS, MAX_SPANS_PER_TRACE, MAX_TRACES, Query, SpanInfo, TraceInfo, format_duration
 
 __all__ = ["render_text"]
 
@@ -60,7 +60,7 @@ def _heading(trace: TraceInfo, today: str) -> str:
     return " · ".join(parts)
 
 
-def _span_lines(span: SpanInfo, width: int, start: int, total: int) -> list[str]:
+def _span_lines(span: SpanInfo, width: int, start: int, total: int, detailed: bool) -> list[str]:
     pad = "  " * (span.depth + 1)
     head = f"{pad}{span.name.ljust(width - len(pad))}  {_bar(span, start, total)}  {format_duration(span.duration_ns):>8}"
     if span.kind:
@@ -69,6 +69,8 @@ def _span_lines(span: SpanInfo, width: int, start: int, total: int) -> list[str]
         head += "  ERROR"
     head += f"  [{span.state}]"
     lines = [head]
+    if not detailed:
+        return lines
     detail = pad + "    "
     if span.error and (span.exception or span.status_message):
         lines.append(f"{detail}error: {_one_line(span.exception or span.status_message)}")
@@ -84,7 +86,7 @@ def _span_lines(span: SpanInfo, width: int, start: int, total: int) -> list[str]
     return lines
 
 
-def _trace_lines(trace: TraceInfo, today: str) -> list[str]:
+def _trace_lines(trace: TraceInfo, today: str, budget: list[int]) -> list[str]:
     lines = [_heading(trace, today)]
     ids = f"  id {trace.trace_id}"
     if trace.link:
@@ -101,8 +103,11 @@ def _trace_lines(trace: TraceInfo, today: str) -> list[str]:
     start = min((s.start_ns for s in spans), default=trace.start_ns)
     total = max(max((s.end_ns for s in spans), default=trace.end_ns) - start, 1)
     width = max((2 * (s.depth + 1) + len(s.name) for s in spans), default=0)
+    if budget[0] < len(spans):
+        lines.append(f"  (inputs, outputs and errors are shown for the first {DETAILED_SPANS:,} spans of a view)")
     for span in spans:
-        lines += _span_lines(span, width, start, total)
+        budget[0] -= 1
+        lines += _span_lines(span, width, start, total, budget[0] >= 0)
     return lines
 
 
@@ -122,6 +127,7 @@ def render_text(traces: list[TraceInfo], query: Query, more: bool, notes: Iterab
         out.append(f"(more traces match: only the newest {cap} are listed"
                    + ("; narrow the filters)" if cap >= MAX_TRACES else f"; --limit raises it, up to {MAX_TRACES})"))
     out += [f"({n})" for n in notes]
+    budget = [DETAILED_SPANS]
     for trace in traces:
-        out += _trace_lines(trace, today)
+        out += _trace_lines(trace, today, budget)
     return "\n".join(out)

@@ -21,7 +21,7 @@ from .._otlp import attributes_to_dict, decode_span
 from .._store.store import SpanStore, StoredSpan, StoredTrace
 
 __all__ = [
-    "MAX_EMBEDDED_SPANS", "MAX_SPANS_PER_TRACE", "MAX_TRACES", "Query", "SpanInfo", "TraceInfo",
+    "DETAILED_SPANS", "MAX_EMBEDDED_SPANS", "MAX_SPANS_PER_TRACE", "MAX_TRACES", "Query", "SpanInfo", "TraceInfo",
     "delivery_state", "format_duration", "parse_since", "read_traces", "trace_prefix",
 ]
 
@@ -30,7 +30,9 @@ MAX_TRACES = 1_000
 #: Most spans one waterfall holds (the earliest); the view says how many more the trace has.
 MAX_SPANS_PER_TRACE = 10_000
 #: Most spans all waterfalls of one view hold together; later traces are listed without one.
-MAX_EMBEDDED_SPANS = 20_000
+MAX_EMBEDDED_SPANS = 10_000
+#: Spans of one view shown with their details (input, output, attributes); the rest as bars only.
+DETAILED_SPANS = 2_000
 
 _INPUT_KEYS = ("langfuse.observation.input", "input.value", "gen_ai.prompt")
 _OUTPUT_KEYS = ("langfuse.observation.output", "output.value", "gen_ai.completion")
