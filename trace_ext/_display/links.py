@@ -7,8 +7,9 @@ URL and headers (never shown: only the link is):
   (the endpoint is ``{base}/api/public/otel/v1/traces``).
 - Arize Phoenix: ``{base}/redirects/traces/{trace id}`` redirects to the trace
   in its project, found by the OpenTelemetry id alone.
-- MLflow: ``{base}/#/experiments/{experiment}/traces?selectedEvaluationId=tr-{trace id}``,
-  the experiment from the ``x-mlflow-experiment-id`` header it needs.
+- MLflow: ``{base}/#/experiments/{experiment}/traces?selectedEvaluationId=tr-{id}&traceId=tr-{id}``
+  (the link MLflow's own UI makes), the experiment from the ``x-mlflow-experiment-id``
+  header it needs.
 
 Phoenix is told from a plain OTLP collector by its default port (6006), a
 host name with "phoenix" in it, or ``PHOENIX_COLLECTOR_ENDPOINT`` naming the
@@ -69,7 +70,8 @@ def backend_of(url: str | None, headers: Mapping[str, str] | None = None) -> Bac
     if experiment:
         return Backend(
             "MLflow",
-            _base(url, _OTLP_PATH) + f"/#/experiments/{quote(experiment)}/traces?selectedEvaluationId=tr-{{trace_id}}",
+            _base(url, _OTLP_PATH) + f"/#/experiments/{quote(experiment)}/traces"
+            "?selectedEvaluationId=tr-{trace_id}&traceId=tr-{trace_id}",
         )
     if path.endswith(_OTLP_PATH) and _looks_like_phoenix(url):
         return Backend("Phoenix", _base(url, _OTLP_PATH) + "/redirects/traces/{trace_id}")
