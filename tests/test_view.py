@@ -234,3 +234,51 @@ def test_filters_pick_traces(shown):
     for bad in ("%trace show --since soon", "%trace show --trace xyz", "%trace show 0", "%trace show --bogus"):
         run = kernel.execute(bad)
         assert run.status == "error" and run.reply["ename"] == "UsageError", bad
+
+
+# -- links to the backend --------------------------------------------------------
+
+from trace_ext._display.links import backend_of  # noqa: E402
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.parametrize("url, headers, env, link", [
+    ("https://cloud.langfuse.com/api/public/otel/v1/traces", {}, {},
+     f"https://cloud.langfuse.com/trace/{TRACE}"),
+    ("https://pk:sk@lf.example.org/base/api/public/otel/v1/traces", {}, {},
+     f"https://lf.example.org/base/trace/{TRACE}"),
+    ("http://127.0.0.1:5000/v1/traces", {"X-MLflow-Experiment-Id": "7"}, {},
+     f"http://127.0.0.1:5000/#/experiments/7/traces?selectedEvaluationId=tr-{TRACE}&traceId=tr-{TRACE}"),
+    ("http://localhost:6006/v1/traces", {}, {}, f"http://localhost:6006/redirects/traces/{TRACE}"),
+    ("http://127.0.0.1:41234/v1/traces", {}, {"PHOENIX_COLLECTOR_ENDPOINT": "http://127.0.0.1:41234"},
+     f"http://127.0.0.1:41234/redirects/traces/{TRACE}"),
+    ("http://127.0.0.1:4318/v1/traces", {}, {}, None),  # a collector: nothing to link to
+    (None, {}, {}, None),
+])
+def test_backend_links_follow_each_backends_url_scheme(monkeypatch, url, headers, env, link):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    backend = backend_of(url, headers)
+    assert (backend.link(TRACE) if backend else None) == link
+
+
+def test_a_trace_sent_to_phoenix_links_to_it(phoenix, start_kernel):
+    kernel = start_kernel(PHOENIX_COLLECTOR_ENDPOINT=phoenix.base_url)
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok("%%trace stays-local\n1")
+    kernel.ok(f"%config TraceExt.endpoint = {phoenix.otlp_url!r}")
+    kernel.ok("%%trace linked\n2")
+    assert "0 still pending" in kernel.ok("%trace flush --timeout 30").stdout
+    display = kernel.ok("%trace show").displays[0]["data"]
+    rows = {summary_of(r).children[0].text().strip(): r for r in trace_rows(Tree(display["text/html"]))}
+    links = rows["linked"].find_all(lambda n: n.tag == "a")
+    trace_id = rows["linked"].attrs["data-trace-id"]
+    assert [a.attrs["href"] for a in links] == [f"{phoenix.base_url}/redirects/traces/{trace_id}"]
+    assert links[0].text() == "open in Phoenix ↗"
+    assert not rows["stays-local"].find_all(lambda n: n.tag == "a")  # never sent: no link
+    assert f"Phoenix: {phoenix.base_url}/redirects/traces/{trace_id}" in display["text/plain"]
+    # Phoenix serves that route (its app resolves the OpenTelemetry id to the trace's page).
+    import httpx
+
+    assert httpx.get(f"{phoenix.base_url}/redirects/traces/{trace_id}", timeout=30).status_code == 200
