@@ -15,8 +15,9 @@ sizes are what the notebook would hold. Rows:
 1. one trace of 10,000 spans (the waterfall's cap), agent-like attributes;
 2. one trace of 12,000 spans: 10,000 embedded, and the view says so;
 3. a list of 1,000 traces of 5 spans (the list's cap);
-4. 1,000 traces of 30 spans: the view's 20,000-span budget gives the newest
-   traces waterfalls and lists the rest without one.
+4. 1,000 traces of 30 spans: the view's 10,000-span budget gives the newest
+   traces waterfalls and lists the rest without one;
+5. ``%trace show``'s default, the newest 20 traces, from a store of 100,000 spans.
 
 The time a browser takes to lay the HTML out is not measured here (no browser
 harness yet); the HTML needs no script, so that is the browser's parse and
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         ("1 trace × 12,000 spans (capped)", 1, 12_000, 1),
         ("1,000 traces × 5 spans", 1_000, 5, 1_000),
         ("1,000 traces × 30 spans (budget)", 1_000, 30, 1_000),
+        ("newest 20 of 2,000 traces × 50 spans", 2_000, 50, 20),
     )
     for label, traces, per_trace, limit in rows:
         print(_row(label, traces, per_trace, limit, args.runs), flush=True)

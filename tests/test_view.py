@@ -282,3 +282,37 @@ def test_a_trace_sent_to_phoenix_links_to_it(phoenix, start_kernel):
     import httpx
 
     assert httpx.get(f"{phoenix.base_url}/redirects/traces/{trace_id}", timeout=30).status_code == 200
+
+
+# -- reading: durations, --since, odd span trees -----------------------------------
+
+from trace_ext._display.traces import _walk, format_duration, parse_since  # noqa: E402
+from trace_ext._store.store import StoredSpan  # noqa: E402
+
+
+def test_durations_read_well_from_nanoseconds_to_hours():
+    assert [format_duration(ns) for ns in (0, 850, 12_345, 999_499, 4_560_000, 123_456_789, 1_234_567_890,
+                                           125 * 10**9, 3_720 * 10**9)] == [
+        "0 ns", "850 ns", "12.3 µs", "999 µs", "4.56 ms", "123 ms", "1.23 s", "2m 05s", "1h 02m"]
+
+
+def test_since_takes_an_age_or_a_date():
+    now = 1_000_000.0
+    assert parse_since("90s", now) == now - 90 and parse_since("15m", now) == now - 900
+    assert parse_since("1h", now) == now - 3600 and parse_since("2d", now) == now - 2 * 86400
+    assert parse_since("1w", now) == now - 7 * 86400 and parse_since("", now) == 0.0
+    assert parse_since("2026-12-01T14:00") > 0
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="--since takes an age"):
+        parse_since("yesterday-ish")
+
+
+def test_a_span_saved_twice_is_one_row_and_a_looping_parent_chain_is_still_shown():
+    def span(span_id, parent, start=0):
+        return StoredSpan("t" * 32, span_id, parent, span_id, start, start + 1, 0, "local", None, b"")
+
+    spans = [span("a", None), span("b", "a", 1), span("b", "a", 1), span("c", "b", 2),
+             span("x", "y", 3), span("y", "x", 4), span("z", "z", 5)]
+    assert [(depth, s.span_id) for depth, s in _walk(spans)] == [
+        (0, "a"), (1, "b"), (2, "c"), (0, "z"), (0, "x"), (1, "y")]

@@ -26,6 +26,7 @@ __all__ = ["render_html"]
 VALUE_LIMIT = 20_000  # characters of one input, output or attribute value embedded in the page
 _FOLD_AT = 240  # a string inside JSON or an attribute longer than this (or of several lines) is folded
 _FOLD_TEXT = 500  # an input or output text longer than this (or of 12 lines or more) is folded
+_OPEN_UP_TO = 200  # spans of the newest trace's waterfall for it to be shown open
 _JSON_NODES = 2_000  # most JSON values one input or output shows
 
 _STYLE = """
@@ -253,8 +254,8 @@ def _axis(total_ns: int) -> str:
             f"<span class='txv-num'>{_e(format_duration(total_ns))}</span></div>")
 
 
-def _waterfall(trace: TraceInfo, spans: list[SpanInfo], budget: list[int]) -> str:
-    """The axis and one row per span; the first ``budget[0]`` spans of the view get their details."""
+def _waterfall(trace: TraceInfo, spans: list[SpanInfo]) -> str:
+    """The axis and one row per span; a span read with its details opens into them."""
     start = min((s.start_ns for s in spans), default=trace.start_ns)
     end = max((s.end_ns for s in spans), default=trace.end_ns)
     total = max(end - start, 1)
@@ -273,15 +274,14 @@ def _waterfall(trace: TraceInfo, spans: list[SpanInfo], budget: list[int]) -> st
                f"<span class='txv-tk'><span class='txv-bar' style='{colour}left:{left:.2f}%;width:{width:.2f}%'></span></span>"
                f"<span class='txv-num'>{_e(format_duration(span.duration_ns))}</span>")
         ids = f"data-span-id='{span.span_id}' data-depth='{span.depth}'"
-        if budget[0] > 0:
-            budget[0] -= 1
+        if span.detailed:
             rows.append(f"<details class='txv-sp' {ids}><summary class='txv-sr'>{row}</summary>{_details(span)}</details>")
         else:
             rows.append(f"<div class='txv-sp txv-bare' {ids}><div class='txv-sr'>{row}</div></div>")
     return _axis(total) + "".join(rows)
 
 
-def _trace_body(trace: TraceInfo, budget: list[int]) -> str:
+def _trace_body(trace: TraceInfo) -> str:
     meta = [f"trace <code>{_e(trace.trace_id)}</code>", _e(_clock(trace.start_ns))]
     if trace.link:
         name, url = trace.link
@@ -300,13 +300,14 @@ def _trace_body(trace: TraceInfo, budget: list[int]) -> str:
             f"are shown: a waterfall holds {MAX_SPANS_PER_TRACE:,} at most. "
             f"<code>%trace export FILE --trace {short}</code> writes them all.</div>"
         )
-    if budget[0] < len(trace.spans):
+    bare = sum(1 for s in trace.spans if not s.detailed)
+    if bare:
         body.append(
             f"<div class='txv-note'>Inputs, outputs and attributes are embedded for the first {DETAILED_SPANS:,} spans "
-            f"of a view; {len(trace.spans) - max(budget[0], 0):,} rows here show their bar, kind and duration only. "
+            f"of a view; {bare:,} rows here show their bar, kind and duration only. "
             f"<code>%trace export FILE --trace {short}</code> writes everything.</div>"
         )
-    body.append(_waterfall(trace, trace.spans, budget))
+    body.append(_waterfall(trace, trace.spans))
     return "".join(body)
 
 
@@ -314,7 +315,7 @@ def _status(word: str) -> str:
     return f"<span class='txv-st txv-s-{word}'>{word}</span>"
 
 
-def _trace_row(trace: TraceInfo, now: float, opened: bool, budget: list[int]) -> str:
+def _trace_row(trace: TraceInfo, now: float, opened: bool) -> str:
     status = "ERROR" if trace.error else "OK"
     name_style = " style='color:var(--txv-err,#d32f2f)'" if trace.error else ""
     tags = "".join(f"<span class='txv-tag'>{_e(t)}</span>" for t in trace.tags)
@@ -331,7 +332,7 @@ def _trace_row(trace: TraceInfo, now: float, opened: bool, budget: list[int]) ->
     ]
     return (f"<details class='txv-tr' data-trace-id='{trace.trace_id}'{' open' if opened else ''}>"
             f"<summary class='txv-row'>{''.join(cells)}</summary>"
-            f"<div class='txv-wf'>{_trace_body(trace, budget)}</div></details>")
+            f"<div class='txv-wf'>{_trace_body(trace)}</div></details>")
 
 
 def render_html(traces: list[TraceInfo], query: Query, more: bool, notes: Iterable[str] = (), now: float | None = None) -> str:
@@ -353,6 +354,6 @@ def render_html(traces: list[TraceInfo], query: Query, more: bool, notes: Iterab
         return "".join(parts) + "</div>"
     parts.append("<div class='txv-hd'>" + "".join(
         f"<span{' class=txv-num' if c in _NUMERIC else ''}>{c}</span>" for c in _COLUMNS) + "</div>")
-    budget = [DETAILED_SPANS]  # spans whose details (input, output, attributes) the view still embeds
-    parts += [_trace_row(t, now, i == 0 and count == 1, budget) for i, t in enumerate(traces)]
+    # The newest trace opens at once (usually the cell just run), unless its waterfall is long.
+    parts += [_trace_row(t, now, i == 0 and len(t.spans or ()) <= _OPEN_UP_TO) for i, t in enumerate(traces)]
     return "".join(parts) + "</div>"

@@ -86,7 +86,7 @@ def _span_lines(span: SpanInfo, width: int, start: int, total: int, detailed: bo
     return lines
 
 
-def _trace_lines(trace: TraceInfo, today: str, budget: list[int]) -> list[str]:
+def _trace_lines(trace: TraceInfo, today: str) -> list[str]:
     lines = [_heading(trace, today)]
     ids = f"  id {trace.trace_id}"
     if trace.link:
@@ -103,11 +103,10 @@ def _trace_lines(trace: TraceInfo, today: str, budget: list[int]) -> list[str]:
     start = min((s.start_ns for s in spans), default=trace.start_ns)
     total = max(max((s.end_ns for s in spans), default=trace.end_ns) - start, 1)
     width = max((2 * (s.depth + 1) + len(s.name) for s in spans), default=0)
-    if budget[0] < len(spans):
+    if any(not s.detailed for s in spans):
         lines.append(f"  (inputs, outputs and errors are shown for the first {DETAILED_SPANS:,} spans of a view)")
     for span in spans:
-        budget[0] -= 1
-        lines += _span_lines(span, width, start, total, budget[0] >= 0)
+        lines += _span_lines(span, width, start, total, span.detailed)
     return lines
 
 
@@ -127,7 +126,6 @@ def render_text(traces: list[TraceInfo], query: Query, more: bool, notes: Iterab
         out.append(f"(more traces match: only the newest {cap} are listed"
                    + ("; narrow the filters)" if cap >= MAX_TRACES else f"; --limit raises it, up to {MAX_TRACES})"))
     out += [f"({n})" for n in notes]
-    budget = [DETAILED_SPANS]
     for trace in traces:
-        out += _trace_lines(trace, today, budget)
+        out += _trace_lines(trace, today)
     return "\n".join(out)

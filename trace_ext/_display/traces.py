@@ -207,6 +207,7 @@ class SpanInfo:
     attributes: dict[str, Any] = field(default_factory=dict)  # the rest, shown as a table
     events: list[EventInfo] = field(default_factory=list)
     not_delivered: str = ""  # why the backend refused it
+    detailed: bool = True  # False: beyond the view's DETAILED_SPANS, only name, kind, timing and error were read
 
     @property
     def duration_ns(self) -> int:
@@ -295,17 +296,30 @@ def _matches(query: Query, fields: tuple[str, list[str], str, str]) -> bool:
 
 
 def _walk(spans: list[StoredSpan]) -> Iterator[tuple[int, StoredSpan]]:
-    """Depth-first, children in start order; spans whose parent isn't stored are roots."""
-    ids = {s.span_id for s in spans}
-    children: dict[str | None, list[StoredSpan]] = {}
+    """Depth-first, children in start order; spans whose parent isn't stored are roots.
+
+    Each span id is shown once (a span saved twice, say re-sent by another SDK, is one
+    span), and spans that no root leads to (a parent chain that loops) come last, as roots.
+    """
+    unique: dict[str, StoredSpan] = {}
     for span in spans:
-        parent = span.parent_id if span.parent_id in ids else None
+        unique.setdefault(span.span_id, span)
+    children: dict[str | None, list[StoredSpan]] = {}
+    for span in unique.values():
+        parent = span.parent_id if span.parent_id in unique and span.parent_id != span.span_id else None
         children.setdefault(parent, []).append(span)
-    stack = [(0, s) for s in reversed(children.get(None, []))]
-    while stack:
-        depth, span = stack.pop()
-        yield depth, span
-        stack += [(depth + 1, c) for c in reversed(children.get(span.span_id, []))]
+    shown: set[str] = set()
+    for root in children.get(None, []) + list(unique.values()):
+        if root.span_id in shown:
+            continue
+        stack = [(0, root)]
+        while stack:
+            depth, span = stack.pop()
+            if span.span_id in shown:
+                continue
+            shown.add(span.span_id)
+            yield depth, span
+            stack += [(depth + 1, c) for c in reversed(children.get(span.span_id, []))]
 
 
 def _value(attributes: dict, keys: tuple[str, ...], which: str, kind: str) -> Value | None:
@@ -337,7 +351,28 @@ _SHOWN_ELSEWHERE = frozenset(
 )
 
 
-def span_info(span: StoredSpan, depth: int, is_root: bool) -> SpanInfo:
+_KIND_KEYS = ("jupyter.execution_count", "langfuse.observation.type", "openinference.span.kind", "gen_ai.operation.name")
+
+
+def _bare_info(span: StoredSpan, depth: int, is_root: bool) -> SpanInfo:
+    """What a row without details shows: the kind read from its few attributes, no values decoded."""
+    attributes: dict = {}
+    message = None
+    try:
+        message = decode_span(span.payload)
+        attributes = attributes_to_dict(kv for kv in message.attributes if kv.key in _KIND_KEYS)
+    except Exception:
+        pass
+    return SpanInfo(
+        span_id=span.span_id, parent_id=span.parent_id, name=span.name, depth=depth,
+        start_ns=span.start_ns, end_ns=span.end_ns, error=span.status == 2, state=span.state,
+        kind=kind_of(attributes, is_root), status_message=message.status.message if message else "", detailed=False,
+    )
+
+
+def span_info(span: StoredSpan, depth: int, is_root: bool, detailed: bool = True) -> SpanInfo:
+    if not detailed:
+        return _bare_info(span, depth, is_root)
     message, attributes = _decode(span)
     kind = kind_of(attributes, is_root)
     info = SpanInfo(
@@ -362,14 +397,15 @@ def span_info(span: StoredSpan, depth: int, is_root: bool) -> SpanInfo:
     return info
 
 
-def read_spans(store: SpanStore, trace_id: str, limit: int = MAX_SPANS_PER_TRACE) -> list[SpanInfo]:
-    """A trace's first ``limit`` spans (by start), in waterfall order: depth first, children by start."""
+def read_spans(store: SpanStore, trace_id: str, limit: int = MAX_SPANS_PER_TRACE, detailed: int = DETAILED_SPANS) -> list[SpanInfo]:
+    """A trace's first ``limit`` spans (by start), in waterfall order (depth first, children by
+    start); the first ``detailed`` with their details."""
     spans = store.trace_spans(trace_id, limit)
-    return [span_info(s, depth, depth == 0) for depth, s in _walk(spans)]
+    return [span_info(s, depth, depth == 0, i < detailed) for i, (depth, s) in enumerate(_walk(spans))]
 
 
 def read_traces(store: SpanStore, query: Query, embed_spans: int = MAX_EMBEDDED_SPANS) -> tuple[list[TraceInfo], bool]:
-    """The traces ``query`` picks, newest first, and whether more matched than ``query.limit``.
+    """The traces ``query`` picks, the most recently saved first, and whether more matched than ``query.limit``.
 
     Each trace gets its waterfall while the view's span budget (``embed_spans``) lasts.
     """
@@ -383,7 +419,7 @@ def read_traces(store: SpanStore, query: Query, embed_spans: int = MAX_EMBEDDED_
     rows = store.traces(limit + 1, query.since, query.trace_id, query.errors, keep)
     more = len(rows) > limit
     traces = []
-    budget = embed_spans
+    budget, detailed = embed_spans, DETAILED_SPANS
     for row in rows[:limit]:
         name, tags, session, user = fields[row.trace_id]
         info = TraceInfo(
@@ -393,7 +429,8 @@ def read_traces(store: SpanStore, query: Query, embed_spans: int = MAX_EMBEDDED_
         )
         wanted = min(row.spans, MAX_SPANS_PER_TRACE)
         if wanted <= budget:
-            info.spans = read_spans(store, row.trace_id, wanted)
+            info.spans = read_spans(store, row.trace_id, wanted, detailed)
             budget -= wanted
+            detailed = max(detailed - len(info.spans), 0)
         traces.append(info)
     return traces, more
