@@ -316,3 +316,16 @@ def test_a_span_saved_twice_is_one_row_and_a_looping_parent_chain_is_still_shown
              span("x", "y", 3), span("y", "x", 4), span("z", "z", 5)]
     assert [(depth, s.span_id) for depth, s in _walk(spans)] == [
         (0, "a"), (1, "b"), (2, "c"), (0, "z"), (0, "x"), (1, "y")]
+
+
+def test_names_and_values_are_escaped_not_run(loaded):
+    loaded.ok(
+        "%%trace\n"
+        "from opentelemetry import trace\n"
+        "with trace.get_tracer('t').start_as_current_span('<img src=x onerror=alert(1)>',\n"
+        "        attributes={'input.value': '</pre><script>alert(2)</script>', 'k\"><b>': '<i>'}):\n"
+        "    pass"
+    )
+    markup = loaded.ok("%trace show 1").displays[0]["data"]["text/html"]
+    assert "<script" not in markup and "<img" not in markup and "<b>" not in markup
+    assert "&lt;img src=x onerror=alert(1)&gt;" in markup and "&lt;/pre&gt;&lt;script&gt;" in markup

@@ -73,6 +73,8 @@ details[open]>summary .txv-c::before{content:"\\25BE"}
 .txv-b-generation{background:rgba(156,39,176,.25)}.txv-b-tool{background:rgba(239,108,0,.25)}
 .txv-b-retriever{background:rgba(46,125,50,.25)}.txv-b-agent{background:rgba(0,137,123,.25)}
 .txv-b-embedding{background:rgba(216,27,96,.22)}
+.txv-g-generation{background:#9c4dcc}.txv-g-tool{background:#ef8a1c}.txv-g-retriever{background:#43a047}
+.txv-g-agent{background:#00897b}.txv-g-embedding{background:#d81b60}.txv-g-cell{background:#78909c}
 .txv-d{margin:2px 0 8px;padding:6px 10px;border:1px solid var(--txv-line);border-radius:4px}
 .txv-d h4{margin:6px 0 2px;font-size:90%;opacity:.75;font-weight:600}
 .txv-x{color:var(--txv-err);border-left:3px solid var(--txv-err);padding:2px 8px;background:rgba(211,47,47,.10);white-space:pre-wrap}
@@ -270,8 +272,10 @@ def _waterfall(trace: TraceInfo, spans: list[SpanInfo]) -> str:
             style.append("color:var(--txv-err,#d32f2f)")
         style_attr = f" style='{';'.join(style)}'" if style else ""
         err = " txv-err" if span.error else ""
+        # A bar takes its kind's colour (chains the theme's accent), an error's red above all.
+        tint = f" txv-g-{span.kind}" if span.kind and not span.error else ""
         row = (f"<span class='txv-nm{err}'{style_attr}><span class='txv-c'></span>{badge}{_e(span.name)}</span>"
-               f"<span class='txv-tk'><span class='txv-bar' style='{colour}left:{left:.2f}%;width:{width:.2f}%'></span></span>"
+               f"<span class='txv-tk'><span class='txv-bar{tint}' style='{colour}left:{left:.2f}%;width:{width:.2f}%'></span></span>"
                f"<span class='txv-num'>{_e(format_duration(span.duration_ns))}</span>")
         ids = f"data-span-id='{span.span_id}' data-depth='{span.depth}'"
         if span.detailed:
@@ -339,7 +343,7 @@ def render_html(traces: list[TraceInfo], query: Query, more: bool, notes: Iterab
     """The whole view: heading, notes, the list, each row's waterfall (the newest trace's open)."""
     now = time.time() if now is None else now
     count = len(traces)
-    top = [f"{count:,} trace{'' if count == 1 else 's'}, newest first", f"as of {time.strftime('%H:%M:%S', time.localtime(now))}"]
+    top = [f"{count:,} trace{'' if count == 1 else 's'}, newest first", f"as of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}"]
     described = query.describe()
     if described:
         top.append(f"filters: {_e(described)}")
