@@ -191,3 +191,34 @@ def test_local_spans_sent_later_arrive_in_phoenix_once(phoenix, start_kernel, st
         assert len(records) == wanted
         seen |= {r["context"]["span_id"] for r in records}
     assert seen == set(spans)
+
+
+def test_sending_local_spans_takes_no_pending_span_of_a_kernel(store, receiver):
+    """A terminal's send shares the store with kernels: it claims only local spans, and a
+    kernel's claim (pending spans) never sees the ones it is sending."""
+    from trace_ext._delivery.destination import Destination, SenderConfig
+    from trace_ext._delivery.local import send_local_spans
+    from trace_ext._store.schema import SpanState
+
+    from .conftest import recording_tracer
+
+    processor, tracer = recording_tracer("shared")
+    for name in ("local-1", "local-2"):
+        with tracer.start_as_current_span(name):
+            pass
+    store.save(processor.take(), SpanState.LOCAL)
+    with tracer.start_as_current_span("a-kernels-pending"):
+        pass
+    store.save(processor.take(), SpanState.PENDING)
+    # While the terminal holds local spans, a kernel's claim takes only its pending one.
+    held = store.claim_local(10, 10**6, 30.0)
+    assert len(held) == 2
+    claimed = store.claim(10, 10**6, 30.0)
+    assert len(claimed) == 1 and claimed[0].id not in {c.id for c in held}
+    store.release([c.id for c in held + claimed])
+
+    config = SenderConfig(Destination(receiver.url, "test"), export_timeout=5.0)
+    report = send_local_spans(store, config, timeout=30)
+    assert (report.chosen, report.sent, report.failed, report.left) == (2, 2, 0, 0)
+    assert sorted(s.name for s in receiver.spans) == ["local-1", "local-2"]
+    assert store.counts().pending == 1 and store.counts().sent == 2  # the kernel's span is still its own
