@@ -329,3 +329,32 @@ def test_names_and_values_are_escaped_not_run(loaded):
     markup = loaded.ok("%trace show 1").displays[0]["data"]["text/html"]
     assert "<script" not in markup and "<img" not in markup and "<b>" not in markup
     assert "&lt;img src=x onerror=alert(1)&gt;" in markup and "&lt;/pre&gt;&lt;script&gt;" in markup
+
+
+def test_a_saved_notebook_keeps_the_view_and_nbconvert_html_embeds_it_whole(tmp_path, store_path):
+    """Run a notebook with `%trace show`, save it, convert it: the view is in the file as it was
+    shown (HTML and text), and nbconvert's page holds the same elements (it re-serialises the
+    HTML, so the bytes differ), with no script of the view's own."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from .test_cli import cli
+
+    notebook, saved = tmp_path / "view.ipynb", tmp_path / "ran.ipynb"
+    cells = [new_code_cell(c) for c in ("%load_ext trace_ext", AGENT_CELL, "%trace show")]
+    nbformat.write(new_notebook(cells=cells), str(notebook))
+    run = cli("run", str(notebook), "--store", str(store_path), "--output", str(saved))
+    assert run.returncode == 0, run.stdout + run.stderr
+    [output] = [o for o in nbformat.read(str(saved), as_version=4).cells[2].outputs if o.output_type == "display_data"]
+    markup, text = output.data["text/html"], output.data["text/plain"]
+    assert "agent-run" in text and not SCRIPT_OR_NETWORK.search(markup)
+    [trace] = trace_rows(Tree(markup))
+    assert len(span_rows(trace)) == 5
+    body, _resources = HTMLExporter().from_filename(str(saved))
+    page = Tree(body)
+    [converted] = trace_rows(page)
+    assert [s.attrs["data-span-id"] for s in span_rows(converted)] == [s.attrs["data-span-id"] for s in span_rows(trace)]
+    assert [name_of(s) for s in span_rows(converted)] == [name_of(s) for s in span_rows(trace)]
+    [view] = page.root.find_all(has_class("txv"))
+    assert not view.find_all(lambda n: n.tag in ("script", "link", "iframe", "img"))
