@@ -165,3 +165,37 @@ def test_the_readme_test_command_leaves_the_trace_ext_kernelspec_installed():
     require("python3-trace-ext" in specs, "the kernelspec is missing: run `python -m tests.backends install`")
     spec = KernelSpecManager().get_kernel_spec("python3-trace-ext")
     assert spec.display_name == "Python 3 (trace_ext)"
+
+
+def test_show_takes_the_same_filters_as_the_magic(start_kernel, store_path):
+    kernel = start_kernel()
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok("%%trace alpha --tag keep --user ann\n1")
+    kernel.execute("%%trace beta --session s-9\nraise KeyError('b')")
+    kernel.ok("%%trace gamma --tag keep\n3")
+    kernel.shutdown()
+
+    def names(*args: str) -> list[str]:
+        result = cli("show", "--store", str(store_path), *args)
+        assert result.returncode == 0, result.stderr
+        return re.findall(r"^trace (\S+) ·", result.stdout, re.M)
+
+    assert names() == ["gamma", "beta", "alpha"]  # newest first
+    assert names("--tag", "keep") == ["gamma", "alpha"]
+    assert names("--errors") == ["beta"]
+    assert names("--user", "ann") == ["alpha"]
+    assert names("--session", "s-9") == ["beta"]
+    assert names("--name", "AMM") == ["gamma"]
+    assert names("--limit", "1") == ["gamma"]
+    assert names("2") == ["gamma", "beta"]
+    assert names("--since", "1h") == ["gamma", "beta", "alpha"]
+    assert names("--since", "2999-01-01") == []
+    beta = next(s.trace_id for s in spans_named(store_path, "beta"))
+    assert names("--trace", beta[:6]) == ["beta"]
+    shown = cli("show", "--store", str(store_path), "--errors").stdout
+    assert "error: KeyError: 'b'" in shown and "session s-9" in shown
+    for bad, says in ((("--since", "soon"), "--since takes an age"), (("--trace", "not-hex"), "--trace takes"),
+                      (("0",), "expected a positive number of traces")):
+        result = cli("show", "--store", str(store_path), *bad)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, bad
+        assert says in result.stderr.strip().splitlines()[-1], result.stderr  # one sentence (after argparse's usage)

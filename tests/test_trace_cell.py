@@ -256,10 +256,11 @@ def test_trace_show_renders_the_last_traces_as_a_tree(loaded):
     [shown] = loaded.ok("%trace show 2").displays
     text = shown["data"]["text/plain"]
     lines = text.splitlines()
-    parent = next(line for line in lines if "parent-cell" in line)
-    child = next(line for line in lines if "child-step" in line)
+    # Span lines start with the span's name (the trace's heading line with "trace NAME ·").
+    parent = next(line for line in lines if line.strip().startswith("parent-cell  "))
+    child = next(line for line in lines if line.strip().startswith("child-step  "))
     assert len(child) - len(child.lstrip()) > len(parent) - len(parent.lstrip())  # nested deeper
-    assert " ms" in parent and "[local]" in parent
+    assert re.search(r"\d (ns|µs|ms|s) ", parent) and "[local]" in parent
     assert "out: 'the output'" in text and "in: from opentelemetry import trace" in text
     assert any("failing" in line and "ERROR" in line for line in lines)
     assert "RuntimeError: kaput" in text

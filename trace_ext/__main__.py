@@ -1,8 +1,10 @@
-"""Command line: ``python -m trace_ext run|show|install|uninstall`` (also ``trace-ext``).
+"""Command line: ``python -m trace_ext run|show|send|export|install|uninstall`` (also ``trace-ext``).
 
 ``run`` executes a notebook in a real kernel and shows the traces it recorded;
-``show`` prints the newest stored traces; ``install`` adds a kernelspec that
-loads trace_ext in every notebook that picks it. User mistakes: one sentence, exit 1.
+``show`` prints the newest stored traces (with the filters of ``%trace show``);
+``send`` delivers spans kept locally to an endpoint; ``export`` writes stored
+spans to a file as OTLP JSON; ``install`` adds a kernelspec that loads
+trace_ext in every notebook that picks it. User mistakes: one sentence, exit 1.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ _KERNEL_ARGS = ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
 _LOAD_EXTENSION = "--ext=trace_ext"  # IPython's alias for InteractiveShellApp.extra_extensions
 # The kernel `run` uses: this interpreter, under a name no other kernelspec has.
 _RUN_KERNEL = "trace-ext-run"
+SHOW_LIMIT = 20  # traces `show` prints unless told
 
 
 class CommandError(Exception):
@@ -54,17 +57,26 @@ def _store_path(option: str | None) -> str:
     return TraceExt().store_path
 
 
-def _print_traces(path: str, limit: int, since: float = 0.0) -> None:
-    """The trace tree and one line of counts; a store that doesn't exist is left uncreated."""
+def _open_existing(path: str):
+    """The store at ``path``, or None (and a sentence saying so) if nothing was recorded there;
+    a store that doesn't exist is left uncreated."""
     if not os.path.exists(path):
         print(f"Nothing has been recorded at {path} yet.")
-        return
-    from ._display.view import render_text
+        return None
     from ._store.store import SpanStore
 
-    store = SpanStore(path)
+    return SpanStore(path)
+
+
+def _print_traces(path: str, query) -> None:
+    """The trace list as text and one line of counts."""
+    from ._display.view import trace_view
+
+    store = _open_existing(path)
+    if store is None:
+        return
     try:
-        print(render_text(store.recent_traces(limit, since=since)))
+        print(trace_view(store, query, _backend()).text())
         c = store.counts()
     finally:
         store.close()
@@ -72,8 +84,93 @@ def _print_traces(path: str, limit: int, since: float = 0.0) -> None:
           f" · {c.local} stored locally")
 
 
+def _backend():
+    """Where the environment sends spans, as a backend the view can link to (or None)."""
+    from ._delivery.destination import sender_config
+    from ._display.links import backend_of
+    from .config import TraceExt
+
+    config, _destination, _warning = sender_config(TraceExt())
+    return backend_of(config.destination.url, config.destination.headers) if config else None
+
+
+def _query(args: argparse.Namespace, default_limit: int):
+    from IPython.core.error import UsageError
+
+    from ._display.view import query_from
+
+    try:
+        return query_from(args, default_limit)
+    except UsageError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _show(args: argparse.Namespace) -> int:
-    _print_traces(_store_path(args.store), args.count)
+    _print_traces(_store_path(args.store), _query(args, SHOW_LIMIT))
+    return 0
+
+
+def _selection(args: argparse.Namespace) -> tuple[float, str | None]:
+    from IPython.core.error import UsageError
+
+    from ._display.traces import parse_since, trace_prefix
+
+    try:
+        return parse_since(args.since), trace_prefix(args.trace)
+    except UsageError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    return name.strip(), value.strip()
+
+
+def _send(args: argparse.Namespace) -> int:
+    from ._delivery.destination import sender_config
+    from ._delivery.local import send_local_spans
+    from .config import SettingError, TraceExt
+
+    since, trace_id = _selection(args)
+    settings = TraceExt()
+    try:
+        if args.endpoint:
+            settings.endpoint = args.endpoint
+        settings.headers = dict(args.header)
+    except Exception as exc:  # a TraitError from the endpoint's check
+        raise CommandError(str(exc).replace("'endpoint' trait of a TraceExt instance", "--endpoint")) from None
+    config, _destination, warning = sender_config(settings)
+    if config is None:
+        raise CommandError(warning or "No endpoint to send to: give --endpoint URL (or set "
+                           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or the LANGFUSE_* variables).")
+    store = _open_existing(_store_path(args.store))
+    if store is None:
+        return 0
+    try:
+        report = send_local_spans(store, config, args.timeout, since, trace_id)
+    except SettingError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
+    print(report)
+    return 1 if report.failed or report.left else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ._store.export import export_json_lines
+
+    since, trace_id = _selection(args)
+    store = _open_existing(_store_path(args.store))
+    if store is None:
+        return 0
+    path = os.path.abspath(args.file)
+    try:
+        count = export_json_lines(store, path, since, trace_id)
+    finally:
+        store.close()
+    print(f"Wrote {count} spans to {path} (OTLP JSON, one request per line).")
     return 0
 
 
@@ -160,7 +257,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{args.notebook} ran ({counted}).")
     # Without --store the kernel read TRACE_EXT_STORE_PATH from this process's
     # environment, so the default path here is the one it wrote to.
-    _print_traces(_store_path(args.store), 50, since=start)
+    from ._display.traces import Query
+
+    _print_traces(_store_path(args.store), Query(limit=50, since=start))
     if args.output:
         import nbformat
 
@@ -237,11 +336,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--store", metavar="PATH", help="span store for the kernel to write to")
     run.add_argument("--output", metavar="PATH", help="also save the executed notebook here")
 
+    from ._display.view import add_filter_arguments
+
+    store_help = "span store (default: $TRACE_EXT_STORE_PATH or Jupyter's data dir)"
     show = add("show", help="print the newest traces in the local span store")
-    show.add_argument("count", nargs="?", type=_above_zero(int, "a whole number"), default=5,
-                      metavar="N", help="how many traces (default: 5)")
-    show.add_argument("--store", metavar="PATH",
-                      help="span store (default: $TRACE_EXT_STORE_PATH or Jupyter's data dir)")
+    add_filter_arguments(show, SHOW_LIMIT)
+    show.add_argument("--store", metavar="PATH", help=store_help)
+
+    send = add("send", help="send spans kept locally (recorded with no endpoint) to an endpoint")
+    send.add_argument("--endpoint", metavar="URL",
+                      help="OTLP/HTTP traces URL (default: from the environment, as a kernel finds it)")
+    send.add_argument("--header", type=_header, action="append", default=[], metavar="NAME=VALUE",
+                      help="an HTTP header to send (repeat for several)")
+    send.add_argument("--timeout", type=_above_zero(float, "seconds"), default=60.0, metavar="SECONDS",
+                      help="how long to keep trying (default: 60)")
+    export = add("export", help="write stored spans to FILE as OTLP JSON (the Collector file exporter's format)")
+    export.add_argument("file", metavar="FILE")
+    for command in (send, export):
+        command.add_argument("--since", metavar="AGE|DATE", help="only spans saved since: 30m, 1h, 2d, or a date")
+        command.add_argument("--trace", metavar="ID", help="only this trace (its hex id, or the start of it)")
+        command.add_argument("--store", metavar="PATH", help=store_help)
 
     install = add("install", help="install a kernelspec that loads trace_ext in every notebook")
     where = install.add_mutually_exclusive_group()
@@ -253,7 +367,8 @@ def _parser() -> argparse.ArgumentParser:
     uninstall = add("uninstall", help="remove that kernelspec")
     for command in (install, uninstall):
         command.add_argument("--name", default=KERNEL_NAME, help=f"default: {KERNEL_NAME}")
-    for command, func in ((run, _run), (show, _show), (install, _install), (uninstall, _uninstall)):
+    for command, func in ((run, _run), (show, _show), (send, _send), (export, _export), (install, _install),
+                          (uninstall, _uninstall)):
         command.set_defaults(func=func)
     return parser
 

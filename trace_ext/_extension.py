@@ -25,7 +25,9 @@ from ._delivery.destination import (
 from ._delivery.sender import Sender
 from ._delivery.status import DeliveryReport, DeliveryState, DeliveryStatus
 from ._display.magics import TraceMagics, wrap_config_magic
-from ._display.view import TraceView
+from ._display.links import backend_of
+from ._display.traces import Query
+from ._display.view import TraceView, trace_view
 from ._display.widget import StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._redact import Redactor, secrets_of
@@ -280,9 +282,30 @@ class Extension:
         self.save()
         return self.sender.flush(timeout)
 
-    def view(self, count: int) -> TraceView:
+    def view(self, query: Query) -> TraceView:
         self.save()
-        return TraceView(self.store.recent_traces(count))
+        config = self.sender.config
+        backend = backend_of(config.destination.url, config.destination.headers) if config else None
+        return trace_view(self.store, query, backend)
+
+    def send_local(self, since: float = 0.0, trace_id: str | None = None) -> str:
+        """Queue spans kept locally (recorded with no destination) for the configured endpoint."""
+        self.save()
+        config = self.sender.config
+        if config is None:
+            raise UsageError(
+                "%trace send: no endpoint is configured, so there is nowhere to send; set "
+                "%config TraceExt.endpoint = '...' (or the environment) first."
+            )
+        count = self.store.queue_local(since, trace_id)
+        if not count:
+            return "No local spans match: nothing to send."
+        with self.status.lock, self.status.hold_trait_notifications():
+            self.status.local = max(self.status.local - count, 0)
+            self.status.pending += count
+        self.sender.wake()
+        return (f"{count} local spans queued for {config.destination.host}: they are sent as live spans are "
+                "(`%trace status` shows them go, `%trace flush` waits for them).")
 
     def retry_failed(self) -> str:
         count = self.store.requeue_failed()

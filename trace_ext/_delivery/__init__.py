@@ -8,6 +8,7 @@
 - :mod:`.sender`: the sender thread that acts on it.
 - :mod:`.status`: :class:`~.status.DeliveryState`, the live counters
   (:class:`~.status.DeliveryStatus`) and :class:`~.status.DeliveryReport`.
+- :mod:`.local`: spans kept locally sent from a terminal (``python -m trace_ext send``).
 
 May import: :mod:`.._store`, :mod:`.._otlp`, :mod:`.._capture.values`, :mod:`.._capture.threads`,
 :mod:`.._sdks.langfuse`, :mod:`..config`, :mod:`.._version`.

@@ -1,7 +1,8 @@
 """Display: what the user sees and types.
 
 - :mod:`.widget`: the live status display, with text and HTML fallbacks.
-- :mod:`.view`: stored traces as a readable tree (``%trace show``).
+- :mod:`.view`: the trace view (``%trace show``): :mod:`.traces` reads and decodes,
+  :mod:`.html_view` and :mod:`.text_view` render, :mod:`.links` points at the backend.
 - :mod:`.magics`: ``%%trace``/``%trace`` and ``%config TraceExt.*`` errors.
 
 May import: :mod:`.._delivery.status`, :mod:`.._store`, :mod:`.._otlp`,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import re
 from typing import Callable
 
@@ -17,10 +18,23 @@ from IPython.display import display
 from traitlets import TraitError
 
 from .._capture.cells import command_parser, parse_cell_args, split_words
+from .._store.export import export_json_lines
+from .traces import parse_since, trace_prefix
+from .view import FILTER_USAGE, add_filter_arguments, query_from
 
 __all__ = ["TraceMagics", "wrap_config_magic"]
 
-_LINE_COMMANDS = "status, flush [--timeout SECONDS], show [N] or retry"
+_LINE_COMMANDS = "status, flush [--timeout SECONDS], show [N] [filters], send, export FILE or retry"
+SHOW_LIMIT = 20  # traces %trace show lists unless told
+_SEND_USAGE = "%trace send [--since AGE|DATE] [--trace ID]"
+_EXPORT_USAGE = "%trace export FILE [--since AGE|DATE] [--trace ID]"
+
+
+def _selection_parser(prog: str, usage: str):
+    parser = command_parser(prog, usage)
+    parser.add_argument("--since", metavar="AGE|DATE")
+    parser.add_argument("--trace", metavar="ID")
+    return parser
 
 
 @magics_class
@@ -57,7 +71,13 @@ class TraceMagics(Magics):
 
             %trace status              show delivery status (pending / sent / failed)
             %trace flush [--timeout S] wait up to S seconds (default 10) for delivery
-            %trace show [N]            the last N traces in the local store (default 5)
+            %trace show [N] [filters]  the newest traces: a list whose rows open into waterfalls
+                  --limit N  --name TEXT  --errors  --session ID  --user ID  --tag TAG
+                  --since AGE|DATE (30m, 1h, 2d, 2026-12-01T14:00)  --trace ID
+            %trace send [--since AGE|DATE] [--trace ID]
+                                       send spans kept locally to the configured endpoint
+            %trace export FILE [--since AGE|DATE] [--trace ID]
+                                       write stored spans to FILE as OTLP JSON lines
             %trace retry               queue spans that failed for another try
 
         Settings: ``%config TraceExt`` lists them; ``%config TraceExt.endpoint = "..."``
@@ -76,11 +96,24 @@ class TraceMagics(Magics):
             if ns.timeout < 0:
                 raise UsageError("%trace flush: --timeout must be a number of seconds ≥ 0.")
             print(self._ext.flush(ns.timeout))
-        elif command == "show" and len(rest) <= 1:
-            count = rest[0] if rest else "5"
-            if not count.isdigit() or int(count) < 1:
-                raise UsageError(f"%trace show takes a positive number of traces, not {count!r}.")
-            display(self._ext.view(int(count)))
+        elif command == "show":
+            parser = command_parser("%trace show", f"%trace show {FILTER_USAGE}")
+            add_filter_arguments(parser, SHOW_LIMIT)
+            display(self._ext.view(query_from(parser.parse_args(rest), SHOW_LIMIT)))
+        elif command == "send":
+            ns = _selection_parser("%trace send", _SEND_USAGE).parse_args(rest)
+            print(self._ext.send_local(parse_since(ns.since), trace_prefix(ns.trace)))
+        elif command == "export":
+            parser = _selection_parser("%trace export", _EXPORT_USAGE)
+            parser.add_argument("file", metavar="FILE")
+            ns = parser.parse_args(rest)
+            self._ext.save()
+            path = os.path.abspath(os.path.expanduser(ns.file))
+            try:
+                count = export_json_lines(self._ext.store, path, parse_since(ns.since), trace_prefix(ns.trace))
+            except OSError as exc:
+                raise UsageError(f"%trace export: could not write {path} ({exc.strerror or exc}).") from None
+            print(f"Wrote {count} spans to {path} (OTLP JSON, one request per line).")
         elif command == "retry" and not rest:
             print(self._ext.retry_failed())
         else:

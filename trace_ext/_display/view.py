@@ -1,112 +1,92 @@
-"""Stored traces as a readable tree: ``%trace show`` in a notebook, ``python -m trace_ext show``."""
+"""The trace view: ``%trace show`` in a notebook, ``python -m trace_ext show`` in a terminal.
+
+:class:`TraceView` is what both return: an object with ``_repr_html_`` (the
+list and its waterfalls, :mod:`.html_view`) and ``_repr_pretty_``/``repr``
+(the text form, :mod:`.text_view`), so every frontend shows the richest form
+it can and a saved notebook keeps both. The filters are one set of
+arguments for the magic and the command line.
+"""
 
 from __future__ import annotations
 
-import html
-from typing import Iterator
+import argparse
 
-from .._otlp import attributes_to_dict, decode_span
-from .._store.store import StoredSpan
+from IPython.core.error import UsageError
 
-__all__ = ["TraceView", "render_text"]
+from .._store.store import SpanStore
+from .html_view import render_html
+from .links import Backend
+from .text_view import render_text
+from .traces import MAX_TRACES, Query, TraceInfo, parse_since, read_traces, trace_prefix
 
-_STATUS = {0: "", 1: "ok", 2: "ERROR"}
-_INPUT_KEYS = ("langfuse.observation.input", "input.value", "gen_ai.prompt")
-_OUTPUT_KEYS = ("langfuse.observation.output", "output.value", "gen_ai.completion")
-PREVIEW = 80  # characters of input/output shown per span
+__all__ = ["FILTER_USAGE", "TraceView", "add_filter_arguments", "query_from", "trace_view"]
 
-
-def _first(attributes: dict, keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        if key in attributes:
-            return str(attributes[key])
-    return None
-
-
-def _one_line(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
-
-
-def _walk(spans: list[StoredSpan]) -> Iterator[tuple[int, StoredSpan]]:
-    """Depth-first, children in start order; spans whose parent isn't stored are roots."""
-    ids = {s.span_id for s in spans}
-    children: dict[str | None, list[StoredSpan]] = {}
-    for span in spans:
-        parent = span.parent_id if span.parent_id in ids else None
-        children.setdefault(parent, []).append(span)
-    stack = [(0, s) for s in reversed(children.get(None, []))]
-    while stack:
-        depth, span = stack.pop()
-        yield depth, span
-        stack += [(depth + 1, c) for c in reversed(children.get(span.span_id, []))]
-
-
-def _lines(span: StoredSpan) -> tuple[str, list[str]]:
-    duration = (span.end_ns - span.start_ns) / 1e6
-    status = _STATUS.get(span.status, "")
-    head = f"{span.name}  {duration:.1f} ms"
-    if status == "ERROR":
-        head += "  ERROR"
-    head += f"  [{span.state}]"
-    details = []
-    try:
-        message = decode_span(span.payload)
-        attributes = attributes_to_dict(message.attributes)
-        if message.status.message:
-            details.append(f"error: {_one_line(message.status.message)}")
-    except Exception:
-        attributes = {}
-    for label, keys in (("in", _INPUT_KEYS), ("out", _OUTPUT_KEYS)):
-        value = _first(attributes, keys)
-        if value:
-            details.append(f"{label}: {_one_line(value)}")
-    if span.state == "failed" and span.error:
-        details.append(f"not delivered: {_one_line(span.error)}")
-    return head, details
-
-
-def render_text(traces: list[list[StoredSpan]]) -> str:
-    if not traces:
-        return "No traces recorded yet."
-    out = []
-    for spans in traces:
-        out.append(f"trace {spans[0].trace_id}")
-        for depth, span in _walk(spans):
-            head, details = _lines(span)
-            pad = "  " * (depth + 1)
-            out.append(f"{pad}{head}")
-            out += [f"{pad}    {d}" for d in details]
-    return "\n".join(out)
-
-
-def _render_html(traces: list[list[StoredSpan]]) -> str:
-    if not traces:
-        return "<p>No traces recorded yet.</p>"
-    parts = []
-    for spans in traces:
-        rows = []
-        for depth, span in _walk(spans):
-            head, details = _lines(span)
-            indent = 1.2 * depth
-            detail = "".join(f"<div style='color:#555'>{html.escape(d)}</div>" for d in details)
-            rows.append(
-                f"<div style='margin-left:{indent}em'><b>{html.escape(head)}</b>{detail}</div>"
-            )
-        parts.append(
-            f"<details open><summary><code>trace {spans[0].trace_id}</code></summary>{''.join(rows)}</details>"
-        )
-    return "<div style='font-family:monospace;font-size:90%'>" + "".join(parts) + "</div>"
+FILTER_USAGE = (
+    "[N] [--limit N] [--name TEXT] [--errors] [--session ID] [--user ID] [--tag TAG]... "
+    "[--since AGE|DATE] [--trace ID]"
+)
 
 
 class TraceView:
-    """Displays as a tree: HTML in notebooks, text in terminals."""
+    """Stored traces, shown as HTML (list and waterfalls) where a frontend can, as text elsewhere."""
 
-    def __init__(self, traces: list[list[StoredSpan]]) -> None:
-        self._traces = traces
+    def __init__(self, traces: list[TraceInfo], query: Query | None = None, more: bool = False,
+                 notes: tuple[str, ...] = ()) -> None:
+        self.traces = traces
+        self.query = query or Query()
+        self.more = more
+        self.notes = notes
 
     def _repr_html_(self) -> str:
-        return _render_html(self._traces)
+        return render_html(self.traces, self.query, self.more, self.notes)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(self.text())
+
+    def text(self) -> str:
+        return render_text(self.traces, self.query, self.more, self.notes)
 
     def __repr__(self) -> str:
-        return render_text(self._traces)
+        return self.text()
+
+
+def trace_view(store: SpanStore, query: Query, backend: Backend | None = None, notes: tuple[str, ...] = ()) -> TraceView:
+    """Read what ``query`` picks from ``store``; traces with sent spans link to ``backend``."""
+    traces, more = read_traces(store, query)
+    if backend is not None:
+        for trace in traces:
+            if trace.sent:
+                trace.link = (backend.name, backend.link(trace.trace_id))
+    return TraceView(traces, query, more, notes)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of traces, not {text!r}")
+    return int(text)
+
+
+def add_filter_arguments(parser: argparse.ArgumentParser, default_limit: int) -> None:
+    """The trace list's filters, the same for ``%trace show`` and ``python -m trace_ext show``."""
+    parser.add_argument("count", nargs="?", type=_count, metavar="N", help="how many traces (same as --limit)")
+    parser.add_argument("--limit", type=_count, default=None, metavar="N",
+                        help=f"how many traces, newest first (default: {default_limit}; at most {MAX_TRACES:,})")
+    parser.add_argument("--name", metavar="TEXT", help="traces whose name contains TEXT (any case)")
+    parser.add_argument("--errors", action="store_true", help="only traces with a span in error")
+    parser.add_argument("--session", metavar="ID", help="only this session.id")
+    parser.add_argument("--user", metavar="ID", help="only this user.id")
+    parser.add_argument("--tag", action="append", default=[], metavar="TAG", help="only traces with this tag (repeat: all of them)")
+    parser.add_argument("--since", metavar="AGE|DATE", help="only traces saved since: 30m, 1h, 2d, or 2026-12-01T14:00")
+    parser.add_argument("--trace", metavar="ID", help="one trace, by its hex id or the start of it")
+
+
+def query_from(ns: argparse.Namespace, default_limit: int) -> Query:
+    """The query the parsed arguments ask for; a bad --since or --trace raises UsageError."""
+    if ns.count is not None and ns.limit is not None and ns.count != ns.limit:
+        raise UsageError(f"Give the number of traces once: N ({ns.count}) or --limit ({ns.limit}).")
+    trace_id = trace_prefix(ns.trace)
+    return Query(
+        limit=ns.limit or ns.count or (MAX_TRACES if trace_id else default_limit),
+        name=ns.name, errors=ns.errors, session=ns.session, user=ns.user, tags=tuple(ns.tag),
+        since=parse_since(ns.since), trace_id=trace_id,
+    )

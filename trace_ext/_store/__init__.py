@@ -5,6 +5,7 @@
 - :mod:`.schema`: the tables, :class:`~.schema.SpanState`, and small SQL helpers.
 - :mod:`.leases`: which kernel holds a claimed batch, and taking over a dead one's.
 - :mod:`.files`: creating the file privately, telling a broken file from a busy one.
+- :mod:`.export`: stored spans written to a file as OTLP JSON lines.
 
 May import: :mod:`.._otlp` (the record it saves). Knows nothing of threads,
 HTTP or the display.

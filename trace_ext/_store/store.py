@@ -56,7 +56,7 @@ from .schema import (
     used_bytes,
 )
 
-__all__ = ["Claimed", "Counts", "Pruned", "SpanStore", "StoredSpan", "open_store"]
+__all__ = ["Claimed", "Counts", "Pruned", "SpanStore", "StoredSpan", "StoredTrace", "open_store"]
 
 log = logging.getLogger("trace_ext")
 
@@ -99,6 +99,35 @@ class StoredSpan(NamedTuple):
     state: str
     error: str | None
     payload: bytes
+
+
+class StoredTrace(NamedTuple):
+    """One trace as the store sums it up: counts by span state, its time span, and its root."""
+
+    trace_id: str
+    spans: int  # distinct span ids (a span saved twice counts once)
+    start_ns: int
+    end_ns: int
+    errors: int  # spans with status ERROR
+    local: int
+    pending: int
+    sent: int
+    failed: int
+    recorded_at: float  # epoch seconds its last span was saved
+    root: StoredSpan  # the earliest span without a parent (else the earliest span)
+
+
+_SPAN_COLUMNS = "trace_id, span_id, parent_id, name, start_ns, end_ns, status, state, error, payload"
+
+
+def _trace_filter(since: float, trace_id: str | None) -> tuple[str, list]:
+    """SQL conditions (on ``spans``) for spans saved since ``since`` of traces whose id starts with ``trace_id``."""
+    where, params = ["recorded_at >= ?"], [since]
+    if trace_id:
+        # A prefix of the hex id, as people copy a short one; LIKE's wildcards can't be in hex.
+        where.append("trace_id LIKE ?")
+        params.append(trace_id.lower() + "%")
+    return " AND ".join(where), params
 
 
 class Pruned(NamedTuple):
@@ -494,6 +523,141 @@ class SpanStore:
                 ).fetchall()
                 traces.append([StoredSpan(*row) for row in rows])
         return traces
+
+    def traces(
+        self,
+        limit: int,
+        since: float = 0.0,
+        trace_id: str | None = None,
+        errors_only: bool = False,
+        keep: Callable[[StoredTrace], bool] | None = None,
+    ) -> list[StoredTrace]:
+        """Up to ``limit`` traces, the most recently saved first, for a trace list.
+
+        ``since`` (epoch seconds) leaves out traces with no span saved since;
+        ``trace_id`` is a prefix of the hex id; ``errors_only`` keeps traces with
+        a span in error; ``keep`` decides on the rest (it may read the root's
+        attributes). Traces are taken newest first and each is summed up from
+        its own rows when it is reached, so listing the newest traces costs
+        little even in a store of a million spans.
+        """
+        # Without --since or --errors this reads only the trace index (trace id and row id),
+        # not the spans' rows, so it costs little however big the store; with them, the rows.
+        where, params = [], []
+        if trace_id:
+            # A prefix of the hex id, as a range the index can seek ("~" sorts after every hex digit).
+            where.append("trace_id >= ? AND trace_id < ?")
+            params += [trace_id.lower(), trace_id.lower() + "~"]
+        if since:
+            where.append("recorded_at >= ?")
+            params.append(since)
+        if errors_only:
+            where.append("status = 2")
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        found: list[StoredTrace] = []
+        with self._use() as conn:
+            cursor = conn.execute(
+                f"SELECT trace_id FROM spans {condition} GROUP BY trace_id ORDER BY MAX(id) DESC", params
+            )
+            try:
+                # A statement left open would pin this connection's snapshot (and make
+                # its next write fail): the cursor is closed however this ends.
+                for (tid,) in cursor:
+                    row = conn.execute(
+                        "SELECT COUNT(DISTINCT span_id), MIN(start_ns), MAX(end_ns), SUM(status = 2), SUM(state = ?),"
+                        " SUM(state = ?), SUM(state = ?), SUM(state = ?), MAX(recorded_at)"
+                        " FROM spans WHERE trace_id = ?",
+                        (LOCAL, PENDING, SENT, FAILED, tid),
+                    ).fetchone()
+                    root = conn.execute(
+                        f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ?"
+                        " ORDER BY parent_id IS NOT NULL, start_ns, id LIMIT 1",
+                        (tid,),
+                    ).fetchone()
+                    trace = StoredTrace(tid, *row, StoredSpan(*root))
+                    if keep is None or keep(trace):
+                        found.append(trace)
+                        if len(found) >= limit:
+                            break
+            finally:
+                cursor.close()
+        return found
+
+    def trace_spans(self, trace_id: str, limit: int) -> list[StoredSpan]:
+        """The first ``limit`` spans of a trace, by start time."""
+        with self._use() as conn:
+            rows = conn.execute(
+                f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, id LIMIT ?",
+                (trace_id, limit),
+            ).fetchall()
+        return [StoredSpan(*row) for row in rows]
+
+    def spans_for_export(self, since: float = 0.0, trace_id: str | None = None, batch: int = 512) -> Iterator[list[Claimed]]:
+        """Every stored span (any state) saved since ``since`` of traces matching ``trace_id``,
+        in batches of ``batch``, oldest first: for writing them to a file."""
+        where, params = _trace_filter(since, trace_id)
+        last = -1
+        while True:
+            with self._use() as conn:
+                rows = conn.execute(
+                    f"SELECT id, origin, payload FROM spans WHERE {where} AND id > ? ORDER BY id LIMIT ?",
+                    (*params, last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [Claimed(*row) for row in rows]
+
+    def queue_local(self, since: float = 0.0, trace_id: str | None = None) -> int:
+        """Make local spans (recorded with no destination) pending, so the sender sends them; how many."""
+        where, params = _trace_filter(since, trace_id)
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE spans SET state = ?, error = NULL, lease_until = 0 WHERE state = ? AND {where}",
+                (PENDING, LOCAL, *params),
+            )
+        return cur.rowcount
+
+    def count_local(self, since: float = 0.0, trace_id: str | None = None) -> int:
+        """Local spans saved since ``since`` of traces matching ``trace_id``."""
+        where, params = _trace_filter(since, trace_id)
+        with self._use() as conn:
+            return conn.execute(
+                f"SELECT COUNT(*) FROM spans WHERE state = ? AND {where}", (LOCAL, *params)
+            ).fetchone()[0]
+
+    def claim_local(
+        self, max_spans: int, max_bytes: int, lease_seconds: float, since: float = 0.0, trace_id: str | None = None
+    ) -> list[Claimed]:
+        """As :meth:`claim`, but of *local* spans (saved since ``since``, of traces matching
+        ``trace_id``): for a sender of the user's choosing, outside any kernel. The spans stay
+        local while leased, so no kernel's sender takes them; :meth:`mark_sent` or
+        :meth:`mark_failed` finishes them as usual."""
+        where, params = _trace_filter(since, trace_id)
+        now = time.time()
+        owner = this_owner()
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT id, size FROM spans WHERE state = ? AND lease_until <= ? AND {where} ORDER BY id LIMIT ?",
+                (LOCAL, now, *params, max_spans),
+            ).fetchall()
+            chosen, total = [], 0
+            for span_id, size in rows:
+                if chosen and total + size > max_bytes:
+                    break
+                chosen.append(span_id)
+                total += size
+            if not chosen:
+                return []
+            marks = ",".join("?" * len(chosen))
+            conn.execute(
+                f"UPDATE spans SET lease_until = ?, lease_owner = ?, attempts = attempts + 1 WHERE id IN ({marks})",
+                (now + lease_seconds, owner.name, *chosen),
+            )
+            rows = conn.execute(
+                f"SELECT id, origin, payload FROM spans WHERE id IN ({marks}) ORDER BY id", chosen
+            ).fetchall()
+        return [Claimed(*row) for row in rows]
 
     # -- the in-memory fallback ---------------------------------------------
 
