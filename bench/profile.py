@@ -1,0 +1,1 @@
+def run(args, workdir): return ["(not yet)"]
