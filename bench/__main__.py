@@ -11,8 +11,8 @@ Questions (``--only`` takes these names, repeatable): ``cost`` (µs per span
 in the cell, and end to end for the same cell), ``hook`` (post-cell hook and
 next-cell latency, healthy / hung / down backend), ``outage`` (memory through
 an outage), ``big`` (1,000,000 spans in one cell), ``profile`` (where
-trace_ext's in-cell cost goes), ``storm`` (a backend answering 503, not in the
-default run). Every row runs in a real kernel of its own against a loopback
+trace_ext's in-cell cost goes); not in the default run: ``storm`` (a backend
+answering 503) and ``arrival`` (what arrives when the kernel ends right after a cell). Every row runs in a real kernel of its own against a loopback
 receiver on 127.0.0.1; see bench/README.md.
 """
 
@@ -24,11 +24,12 @@ import os
 import sys
 import time
 
-from . import big, cost, hook, outage, profile, storm
+from . import arrival, big, cost, hook, outage, profile, storm
 from ._machine import header_lines, load_line
 from ._run import BACKENDS, workspace
 
-QUESTIONS = {"cost": cost, "hook": hook, "outage": outage, "big": big, "profile": profile, "storm": storm}
+QUESTIONS = {"cost": cost, "hook": hook, "outage": outage, "big": big, "profile": profile, "storm": storm,
+             "arrival": arrival}
 DEFAULT = ("cost", "hook", "outage", "big", "profile")
 
 
@@ -39,7 +40,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backends", action="append", choices=BACKENDS, help="backends for cost/hook (default all)")
     parser.add_argument("--spans", type=int, help="spans in the cost question's timed cell (default 20,000)")
     parser.add_argument("--rounds", type=int, help="rounds of the cost question, healthy backend (default 3)")
-    parser.add_argument("--cells", type=int, help="timed cells per row of the hook question (default 20)")
+    parser.add_argument("--cells", type=int, help="timed cells per row of the hook question (default 15)")
     parser.add_argument("--outage-spans", type=int, help="spans made during the outage (default 100,000)")
     parser.add_argument("--big-spans", type=int, help="spans in the big cell (default 1,000,000)")
     parser.add_argument("--storm-duration", type=float, help="seconds of 503s in the storm question (default 60)")
@@ -49,7 +50,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     defaults = {
         "spans": 2_000 if quick else 20_000,
         "rounds": 1 if quick else 3,
-        "cells": 4 if quick else 20,
+        "cells": 4 if quick else 15,
         "outage_spans": 5_000 if quick else 100_000,
         "big_spans": 20_000 if quick else 1_000_000,
         "storm_duration": 10.0 if quick else 60.0,

@@ -97,7 +97,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 _provider = TracerProvider(resource=Resource.create({{"service.name": "bench"}}))
-_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint={url!r}){queue}))
+_processor = BatchSpanProcessor(OTLPSpanExporter(endpoint={url!r}){queue})
+_provider.add_span_processor(_processor)
 tracer = _provider.get_tracer("bench")
 """
 # Langfuse exports only its own tracer's spans (and GenAI ones) by default: the
@@ -113,6 +114,26 @@ _TRACE_EXT = """
 import trace_ext
 from opentelemetry import trace
 tracer = trace.get_tracer("bench")
+"""
+
+# Spans a peer holds in memory, waiting for the backend (the batch processors' queues).
+HELD = """
+def _bench_held():
+    held = 0
+    for p in getattr(getattr(tracer, "_span_processor", None), "_span_processors", ()):
+        queue = getattr(getattr(p, "_batch_processor", p), "_queue", None)
+        held += len(queue) if queue is not None else 0
+    return held
+"""
+# What trace_ext's store holds: (pending, sent, bytes of the SQLite file and its log).
+STORED = """
+def _bench_stored():
+    import os
+    from trace_ext._extension import active
+    store = active(get_ipython()).store
+    counts = store.counts()
+    size = sum(os.path.getsize(p) for p in (store.path, store.path + "-wal") if os.path.exists(p))
+    return [counts.pending, counts.sent, size]
 """
 
 PEERS = {

@@ -30,6 +30,10 @@ def _num(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _ratio(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
 def summary(values: list[float], spread: str = "range") -> str:
     """``median (min–max)`` for a few rounds, ``median / p95`` for many samples."""
     if not values:
@@ -88,7 +92,7 @@ def table(
                 out += [cell.note or "–", ""]
                 continue
             text = summary(cell.samples, spread) + (f" {cell.note}" if cell.note else "")
-            ratio = f"{cell.value / best[index]:.2f}" if best[index] else "–"
+            ratio = _ratio(cell.value / best[index]) if best[index] else "–"
             out += [text, ratio]
         out += [""] * (1 + 2 * len(columns) - len(out))
         out += (extra or {}).get(name, [""] * len(extra_columns or []))

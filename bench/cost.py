@@ -49,7 +49,7 @@ def _one(key: str, kind: str, n: int, workdir: str, e2e_timeout: float) -> tuple
 
 def run(args, workdir: str) -> list[str]:
     n = args.spans
-    rounds = {"healthy": args.rounds, "down": max(1, args.rounds - 1), "hung": max(1, args.rounds - 1)}
+    rounds = {"healthy": args.rounds, "down": max(1, args.rounds - 1), "hung": 1}
     kinds = [k for k in BACKENDS if k in args.backends]
     cost = {(key, kind): [] for key in ROWS for kind in kinds}
     e2e: dict[str, list[float]] = {key: [] for key in ROWS}
