@@ -29,7 +29,7 @@ from tests.kernel import Kernel, kernelspec_dir  # noqa: E402
 from tests.otlp_receiver import Hang, OtlpReceiver, ReceivedSpan  # noqa: E402
 
 __all__ = [
-    "BACKENDS", "PEERS", "Peer", "Session", "arrived", "backend", "memory_mb", "session", "span_loop",
+    "BACKENDS", "INSTRUMENT", "PEERS", "START", "STAMP", "Peer", "Session", "arrived", "backend", "memory_mb", "session", "span_loop",
 ]
 
 LANGFUSE_KEYS = {"LANGFUSE_PUBLIC_KEY": "pk-lf-bench", "LANGFUSE_SECRET_KEY": "sk-lf-bench"}
@@ -115,6 +115,32 @@ import trace_ext
 from opentelemetry import trace
 tracer = trace.get_tracer("bench")
 """
+
+# Timing inside the kernel, from the cell's first line until after every post-cell
+# hook: the bench's post_run_cell callback is registered after the peer's set-up,
+# so it runs last (after trace_ext's). CPU times are robust to other processes
+# on the machine, wall time is not.
+INSTRUMENT = """
+import time as _bt
+_bench = {"t0": None, "c0": None, "ends": [], "hook": [], "hookcpu": [], "cells": [], "start": None}
+def _bench_start():
+    _bench["start"] = (_bt.perf_counter(), _bt.process_time(), _bt.thread_time())
+def _bench_post(result):
+    now = _bt.perf_counter()
+    if _bench["t0"] is not None:
+        _bench["hook"].append(now - _bench["t0"])
+        _bench["hookcpu"].append(_bt.thread_time() - _bench["c0"])
+        _bench["t0"] = None
+    if _bench["start"] is not None:
+        wall, process, thread = _bench["start"]
+        _bench["cells"].append([now - wall, _bt.process_time() - process, _bt.thread_time() - thread])
+        _bench["start"] = None
+get_ipython().events.register("post_run_cell", _bench_post)
+"""
+# The code a timed cell starts with (see INSTRUMENT).
+START = "_bench_start()\n"
+# The code that marks the end of a cell's own work, before the peer's end-of-cell call.
+STAMP = '_bench["t0"] = _bt.perf_counter(); _bench["c0"] = _bt.thread_time(); _bench["ends"].append(_bench["t0"])\n'
 
 # Spans a peer holds in memory, waiting for the backend (the batch processors' queues).
 HELD = """
@@ -220,6 +246,7 @@ class Session:
         self.kernel = Kernel(env=env, cwd=workdir, stderr=subprocess.DEVNULL)
         queue_arg = f", max_queue_size={queue}" if queue else ""
         self.ok(peer.setup.format(url=receiver.url, queue=queue_arg))
+        self.ok(INSTRUMENT)
 
     def ok(self, code: str, timeout: float = 600):
         return self.kernel.ok(code, timeout=timeout)
