@@ -25,7 +25,8 @@ from ._table import Cell, table
 __all__ = ["run"]
 
 SPANS = 100
-ROWS = ("bare", "bsp_flush", "langfuse", "langfuse_flush", "trace_ext")
+ROWS = ("bare", "bsp_flush", "langfuse", "langfuse_flush", "trace_ext", "trace_ext_local")
+BACKEND_FREE = ("bare", "trace_ext_local")
 REFERENCE = ("bsp_flush", "langfuse_flush")  # the peers whose spans have left the process when the cell ends
 SLOW_S = 1.0  # a warm-up cell slower than this marks a row whose every cell waits on the backend
 SLOW_CELLS = 2
@@ -72,7 +73,7 @@ def run(args, workdir: str) -> list[str]:
     notes: dict[tuple[str, str], str] = {}
     for kind in kinds:
         for key in ROWS:
-            if key == "bare" and kind != kinds[0]:
+            if key in BACKEND_FREE and kind != kinds[0]:
                 continue  # talks to no backend
             hook[key, kind], cpu[key, kind], nxt[key, kind], notes[key, kind] = _row(key, kind, args.cells, workdir)
             print(f"  hook: {kind}: {key} {notes[key, kind]}", file=sys.stderr, flush=True)
@@ -82,7 +83,7 @@ def run(args, workdir: str) -> list[str]:
         for key in ROWS:
             cells = []
             for kind in kinds:
-                samples = data.get((key, kind)) or (data.get((key, kinds[0])) if key == "bare" else None)
+                samples = data.get((key, kind)) or (data.get((key, kinds[0])) if key in BACKEND_FREE else None)
                 cells.append(Cell(samples or [], "" if (key, kind) in data else "(no backend)"))
             out.append((PEERS[key].label, cells))
         return out
