@@ -1,4 +1,4 @@
-"""What the benchmarks print about the machine and the versions they ran with."""
+"""What the benchmark prints about the machine, its load and the versions it ran with."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import importlib.metadata
 import os
 import platform
 
-__all__ = ["machine_line", "version"]
+__all__ = ["header_lines", "load_line", "machine_line", "version"]
+
+# The distributions whose versions decide the numbers.
+DISTRIBUTIONS = (
+    "trace_ext", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http", "langfuse",
+    "ipython", "ipykernel", "jupyter_client", "httpx", "protobuf",
+)
 
 
 def version(dist: str) -> str:
@@ -27,6 +33,35 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _memory_gb() -> str:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return f"{int(line.split()[1]) / 2**20:.0f} GB RAM"
+    except OSError:
+        pass
+    return "RAM unknown"
+
+
 def machine_line() -> str:
-    """``- machine: <platform> (<arch>), <CPU model>, <n> CPUs``, the first line of every table's notes."""
-    return f"- machine: {platform.platform()} ({platform.machine()}), {_cpu_model()}, {os.cpu_count()} CPUs"
+    """``- machine: <platform> (<arch>), <CPU model>, <n> CPUs, <RAM>``."""
+    return (
+        f"- machine: {platform.platform()} ({platform.machine()}), {_cpu_model()}, "
+        f"{os.cpu_count()} CPUs, {_memory_gb()}"
+    )
+
+
+def load_line(when: str) -> str:
+    """The load average now: other helpers' tests share the machine, so every table says it."""
+    one, five, fifteen = os.getloadavg()
+    return f"- load average {when}: {one:.2f} (1 min), {five:.2f} (5 min), {fifteen:.2f} (15 min)"
+
+
+def header_lines() -> list[str]:
+    versions = ", ".join(f"{d} {version(d)}" for d in DISTRIBUTIONS)
+    return [
+        machine_line(),
+        f"- Python {platform.python_version()} ({platform.python_implementation()})",
+        f"- versions: {versions}",
+    ]

@@ -1,10 +1,7 @@
 #!/usr/bin/env python
 """How trace_ext's sender behaves against a backend that answers 503 to everything, next to the OpenTelemetry SDK.
 
-Run from the repository root::
-
-    python bench/retry_storm.py                 # 60 s (the default)
-    python bench/retry_storm.py --duration 20
+Run from the repository root: ``python -m bench --only storm [--storm-duration 20]``.
 
 Two loopback ``OtlpReceiver``s on 127.0.0.1 answer every export with HTTP 503
 for the whole run. Both exporters see the same "notebook": a cell of
@@ -24,22 +21,18 @@ later, or dropped. Nothing leaves the machine and the run ends by itself.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import platform
-import shutil
 import statistics
-import sys
-import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from . import _run as _kernels  # noqa: F401 - puts the repository root on sys.path for tests.otlp_receiver
 
-from _machine import machine_line, version  # noqa: E402 - bench/ is on sys.path when a script runs
+__all__ = ["run"]
+
+CELL_EVERY = 5.0
+SPANS_PER_CELL = 10
 
 
 def _intervals(receiver, until: float) -> list[float]:
@@ -84,7 +77,7 @@ def _make_cell(tracer, cell: int, spans: int) -> None:
             tracer.start_span("llm.call", attributes={"bench.child": i, "input.value": "x" * 200}).end()
 
 
-def run(duration: float, cell_every: float, spans_per_cell: int, workdir: str) -> tuple[list[str], list[str]]:
+def _run(duration: float, cell_every: float, spans_per_cell: int, workdir: str) -> tuple[list[str], list[str]]:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -159,51 +152,18 @@ def run(duration: float, cell_every: float, spans_per_cell: int, workdir: str) -
     return rows, notes
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of 503s (default 60)")
-    parser.add_argument("--cell-every", type=float, default=5.0, help="seconds between cells (default 5)")
-    parser.add_argument("--spans-per-cell", type=int, default=10, help="spans each cell makes (default 10)")
-    args = parser.parse_args()
-    if args.duration <= 0 or args.cell_every <= 0 or args.spans_per_cell < 1:
-        parser.error("--duration and --cell-every must be positive, --spans-per-cell at least 1")
-
-    # Only loopback receivers: no destination may leak in from the shell's environment.
-    for name in list(os.environ):
-        if name.startswith(("OTEL_EXPORTER_OTLP_", "LANGFUSE_")):
-            del os.environ[name]
+def run(args, workdir: str) -> list[str]:
     # The peer logs a warning per failed export; the table says the same, once.
     logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
-
-    import trace_ext
-
-    print("# trace_ext retry storm: every export answered HTTP 503\n")
-    print(machine_line())
-    print(f"- Python {platform.python_version()}")
-    print(
-        f"- trace_ext {trace_ext.__version__}, httpx {version('httpx')}, opentelemetry-sdk "
-        f"{version('opentelemetry-sdk')}, opentelemetry-exporter-otlp-proto-http "
-        f"{version('opentelemetry-exporter-otlp-proto-http')}"
-    )
-    print(
-        f"- {args.duration:g} s; a cell of {args.spans_per_cell} spans every {args.cell_every:g} s for each "
-        "exporter; two loopback OtlpReceivers on 127.0.0.1 answering 503 to everything"
-    )
-    print()
-    sys.stdout.flush()
-
-    workdir = tempfile.mkdtemp(prefix="trace_ext-storm-")
-    try:
-        rows, notes = run(args.duration, args.cell_every, args.spans_per_cell, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print("\n".join(rows))
-    print()
-    for note in notes:
-        print(f"- {note}")
-    sys.stdout.flush()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    lines = [
+        f"### A backend answering HTTP 503 to everything for {args.storm_duration:g} s",
+        "",
+        f"- a cell of {SPANS_PER_CELL} spans every {CELL_EVERY:g} s for each exporter; two loopback "
+        "OtlpReceivers on 127.0.0.1 answering 503 to everything; in this process (no kernel): trace_ext's "
+        "Sender over a SQLite store, woken after every cell as the post-cell hook does",
+        "",
+    ]
+    storm_dir = os.path.join(workdir, "storm")
+    os.makedirs(storm_dir, exist_ok=True)
+    rows, notes = _run(args.storm_duration, CELL_EVERY, SPANS_PER_CELL, storm_dir)
+    return lines + rows + [""] + [f"- {note}" for note in notes]
