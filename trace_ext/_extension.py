@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sqlite3
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 
 from IPython.core.error import UsageError
 from IPython.display import display
@@ -30,11 +33,16 @@ from ._display.widget import StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._redact import Redactor, secrets_of
 from ._sdks.sdks import Sdks
+from ._store.saver import Saver
 from ._store.schema import SpanState
 from ._store.store import open_store
 from .config import settings_from
 
 __all__ = ["Extension", "StoreWatch", "active", "load", "unload"]
+
+IMPORT_WAIT = 0.02  # seconds the post-cell hook waits for the store's lock to import what it saved
+EXIT_SLACK = 0.2  # seconds of shutdown_timeout kept for what follows the sender's shutdown
+IMPORT_BYTES = 2**20  # ... and only this much of the journal: more is the saver thread's
 
 _ACTIVE: dict[int, "Extension"] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
@@ -75,8 +83,10 @@ class Extension:
         self.processor = self.sdks.processor
         self.sender = Sender(self.store, self.status, self.save)
         self.sender.periodic = not s.flush_after_cell
-        self.processor.activate(s.max_attribute_length, self.sender.request_save, self.save)
+        self.saver = self._new_saver(self.store)
+        self.processor.activate(s.max_attribute_length, self.saver.wake, self.save)
         self._apply_destination()
+        self.saver.start()
         self.sender.start()
         # Spans from threads and executor tasks a cell starts nest under the cell.
         threads.install()
@@ -111,20 +121,39 @@ class Extension:
         shell.events.unregister("pre_run_cell", self._pre_run_cell)
         threads.uninstall()
         self.cells.end_open_span("trace_ext was unloaded while the cell ran.")
-        self.save()
+        deadline = time.monotonic() + s.shutdown_timeout
+        self.saver.save()
         self.processor.deactivate()
         self.sdks.stop()  # other SDKs' exporters are theirs again
-        self.sender.shutdown(s.shutdown_timeout)
+        self._stop_delivery(deadline)
         self.store.close()
         self._close_displays()
+
+    def _stop_delivery(self, deadline: float):
+        """Saver, then sender, within ``deadline`` (monotonic) in all: the exit stays bounded.
+
+        Saving is one append to the journal; importing it gets up to half the time
+        (or 1 s), the sender the rest. What isn't imported stays in the journal and
+        what isn't sent stays pending: the next kernel on the store does both.
+        """
+        left = max(deadline - time.monotonic(), 0.0)
+        self.saver.stop(min(left / 2, 1.0))
+        # The sender may overrun its time by its join's slack (0.1 s); closing the store takes some too.
+        return self.sender.shutdown(max(deadline - time.monotonic() - EXIT_SLACK, 0.0))
 
     def _at_exit(self) -> None:
         if os.getpid() != self._pid:
             return  # a forked child's exit: the store, the spans and the sender are the parent's
         try:
+            deadline = time.monotonic() + self.settings.shutdown_timeout
             self.cells.end_open_span("The kernel exited while the cell ran.")
-            self.save()
-            report = self.sender.shutdown(self.settings.shutdown_timeout)
+            # Spans ended from here on could not be saved anyway; a thread still making
+            # them would only slow the exit down.
+            self.processor.deactivate()
+            report = self._stop_delivery(deadline)
+            # Closed here, within the time limit: left to the interpreter's teardown, the
+            # connections' finalizers made the kernel's exit 0.7 s slower.
+            self.store.close()
             if report.pending:
                 log.info("%s spans stay in %s and are sent next time.", report.pending, self.store.path)
         except Exception:
@@ -140,6 +169,7 @@ class Extension:
         never touches the parent's store, and gives other SDKs their exporters back.
         """
         self.sdks.peers.give_back_after_fork()
+        self.saver.forget_after_fork()
         self.store.forget_after_fork()
 
     def _pre_run_cell(self, info) -> None:
@@ -150,6 +180,13 @@ class Extension:
             self._internal_error("starting the cell's span", exc)
 
     def _post_run_cell(self, result) -> None:
+        # The user may press stop just as the cell ends: an interrupt landing here
+        # would leave the cell's span open or its spans unsaved. The cell is over,
+        # so it has nothing left to interrupt; the interrupt is held, then dropped.
+        with _interrupts_held():
+            self._after_cell(result)
+
+    def _after_cell(self, result) -> None:
         try:
             self.cells.post_run_cell(result)
         except Exception as exc:
@@ -172,26 +209,36 @@ class Extension:
     # -- the pipeline ---------------------------------------------------------
 
     def save(self) -> None:
-        """Move buffered spans into the store: durable once this returns."""
-        records = self.processor.take()
-        if not records:
-            return
-        sending = self.sender.config is not None
+        """Save buffered spans (to the journal): durable once this returns.
+
+        Then, if the store's lock is free within ``IMPORT_WAIT``, import them on
+        this thread too, so the store file shows them at once; otherwise the
+        saver thread does, as soon as the lock is free. Either way the cell
+        never waits on another writer for long.
+        """
+        self.saver.save()
+        if self.saver.backlog() > IMPORT_BYTES:
+            return  # a big cell's last spans: importing them here would hold the cell up
         try:
-            # On a store file that can't be written, this goes to memory instead.
-            stored = self.store.save(records, SpanState.PENDING if sending else SpanState.LOCAL)
-        except (sqlite3.Error, OSError) as exc:
-            self.processor.put_back(records)
-            self.status.last_error = (
-                f"Could not save {len(records)} spans to {self.store.path} ({exc}); "
-                "they are kept in memory and saved after the next cell."
-            )
-            return
-        with self.status.lock:
-            if sending:
-                self.status.pending += stored
-            else:
-                self.status.local += stored
+            self.saver.import_now(wait=IMPORT_WAIT, max_rounds=1)
+        except sqlite3.Error:
+            pass  # locked, say: the saver thread imports it
+
+    def _new_saver(self, store) -> Saver:
+        def state() -> SpanState:
+            return SpanState.PENDING if self.sender.config is not None else SpanState.LOCAL
+
+        def saved(count: int, state: SpanState) -> None:
+            with self.status.lock:
+                if state is SpanState.PENDING:
+                    self.status.pending += count
+                else:
+                    self.status.local += count
+
+        def problem(message: str) -> None:
+            self.status.last_error = message
+
+        return Saver(store, self.processor, state, saved, problem)
 
     def _apply_destination(self) -> None:
         config, destination, warning = sender_config(self.settings, self.sdks.followable())
@@ -250,8 +297,7 @@ class Extension:
             with self.settings.hold_trait_notifications():
                 self.settings.set_trait("store_path", change["old"])
             raise
-        self.save()
-        self.sender.shutdown(min(self.settings.shutdown_timeout, 1.0))
+        self._stop_delivery(time.monotonic() + min(self.settings.shutdown_timeout, 1.0))
         self.store.close()
         self.store, path = store, change["new"]
         self._store_watch.watch(store, self.settings)
@@ -261,7 +307,10 @@ class Extension:
             self.status.local, self.status.pending = counts.local, counts.pending
         self.sender = Sender(self.store, self.status, self.save)
         self.sender.periodic = not self.settings.flush_after_cell
+        self.saver = self._new_saver(self.store)
+        self.processor.activate(self.settings.max_attribute_length, self.saver.wake, self.save)
         self._apply_destination()
+        self.saver.start()
         self.sender.start()
 
     # -- what the magics and the public API use -------------------------------
@@ -278,11 +327,12 @@ class Extension:
         self._displays.clear()
 
     def flush(self, timeout: float) -> DeliveryReport:
-        self.save()
-        return self.sender.flush(timeout)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self.saver.sync(timeout)  # the sender sends from the store: import the journal first
+        return self.sender.flush(max(deadline - time.monotonic(), 0.0))
 
     def view(self, count: int) -> TraceView:
-        self.save()
+        self.saver.sync(2.0)
         return TraceView(self.store.recent_traces(count))
 
     def retry_failed(self) -> str:
@@ -331,6 +381,29 @@ class StoreWatch:
                 status.last_error = ""  # the store's problem is over: don't keep showing it
             status.store_warning = warning
             status.in_memory, status.dropped = in_memory, dropped
+
+
+@contextmanager
+def _interrupts_held():
+    """SIGINT (the kernel's interrupt) is held off while this runs on the main thread, then dropped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:
+            raise ValueError("not installed from Python")
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    except (ValueError, OSError, TypeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            log.info("trace_ext held back an interrupt that came as the cell ended, until its spans were saved")
 
 
 def _after_fork_in_child() -> None:

@@ -106,6 +106,16 @@ class BufferingSpanProcessor(SpanProcessor):
         if size % SAVE_THRESHOLD == 0 and self._on_full is not None:
             self._on_full()
 
+    def peek(self, limit: int) -> list[SpanRecord]:
+        """The oldest ``limit`` records, left in the buffer (see :meth:`drop`)."""
+        with self._lock:
+            return self._buffer[:limit]
+
+    def drop(self, count: int) -> None:
+        """Remove the oldest ``count`` records, once they are saved."""
+        with self._lock:
+            del self._buffer[:count]
+
     def take(self) -> list[SpanRecord]:
         with self._lock:
             records, self._buffer = self._buffer, []
