@@ -16,7 +16,9 @@ from collections import Counter
 
 from .conftest import wait_until
 from .otlp_receiver import Hang
-from .test_faults import CELL, assert_accounted, extension_exit_took, store_rows, timed_exit, traced_kernel
+from .test_faults import (
+    CELL, SETUP, assert_accounted, extension_exit_took, flushed, status_text, store_rows, timed_exit, traced_kernel,
+)
 
 
 def kill_9(kernel) -> None:
@@ -188,3 +190,24 @@ def test_exit_with_a_busy_span_producer_and_a_hanging_backend_is_bounded(start_k
     rows = store_rows(store_path)
     assert rows and all(state == "pending" for state, _error in rows.values())
     assert receiver.span_ids() == []
+
+
+# --------------------------------------------------------------------------- 4
+
+
+def test_spans_recorded_while_the_endpoint_variable_has_no_scheme_are_sent_once_it_is_fixed(
+    start_kernel, receiver, store_path
+):
+    broken = receiver.url.replace("http://", "")  # 127.0.0.1:port/v1/traces
+    kernel = start_kernel(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=broken)
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok(SETUP)
+    for i in range(2):
+        kernel.ok(CELL.format(name=f"no-scheme-{i}"))
+    produced = kernel.value("_ids")
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT must be an http:// or https:// URL" in status_text(kernel)
+    # A mistake to fix, not a choice to keep spans here: they wait, pending.
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)
+    kernel.ok(f"import os\nos.environ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = {receiver.url!r}")
+    flushed(kernel)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)

@@ -22,6 +22,7 @@ from ._capture import threads
 from ._capture.cells import CellTracer, strip_trace_line, watch_error_reports
 from ._delivery.destination import (
     SENDER_SETTINGS,
+    destination_intended,
     environment_fingerprint,
     sender_config,
 )
@@ -64,6 +65,7 @@ class Extension:
         self._env = environment_fingerprint()
         self._destination = None
         self._store_watch = StoreWatch(self.status)
+        self._sending = False  # spans are saved pending (True) or local
         self._pid = os.getpid()  # a child made by os.fork() inherits this object, not the process
 
     # -- lifecycle ----------------------------------------------------------
@@ -226,7 +228,7 @@ class Extension:
 
     def _new_saver(self, store) -> Saver:
         def state() -> SpanState:
-            return SpanState.PENDING if self.sender.config is not None else SpanState.LOCAL
+            return SpanState.PENDING if self._sending else SpanState.LOCAL
 
         def saved(count: int, state: SpanState) -> None:
             with self.status.lock:
@@ -244,6 +246,8 @@ class Extension:
         config, destination, warning = sender_config(self.settings, self.sdks.followable())
         warning = warning or ("" if destination else self.sdks.peers.grpc_hint())
         self._destination = destination
+        # Also while the configured destination can't be used: its spans wait for the fix.
+        self._sending = config is not None or destination_intended(self.settings)
         # Exporters of other SDKs sending to the same URL are handed over to us.
         self.sdks.peers.deliver_to(destination.url if destination else None)
         self._update_redactor()
@@ -282,9 +286,11 @@ class Extension:
     def _update_redactor(self) -> None:
         """Redact the current secrets and ``TraceExt.redact`` patterns from spans, status and log."""
         headers = dict(self.settings.headers)
+        urls = [self.settings.endpoint or ""]
         if self._destination is not None:
             headers.update(self._destination.headers)
-        redactor = Redactor(self.settings.redact, secrets_of(headers))
+            urls.append(self._destination.url)
+        redactor = Redactor(self.settings.redact, secrets_of(headers, urls))
         self.processor.set_redactor(redactor)
         self.status.redactor = redactor
         LOG_FILTER.redactor = redactor

@@ -49,6 +49,14 @@ def tls_verify(certificate: str | None) -> ssl.SSLContext | bool:
         ) from None
 
 
+def bad_header(exc: BaseException) -> str:
+    kind = "characters that aren't ASCII" if isinstance(exc, UnicodeEncodeError) else "a character HTTP forbids"
+    return (
+        f"An export header (TraceExt.headers, or the endpoint's environment variables) has {kind} "
+        "in its name or value, so no request can be sent; spans are kept until it is fixed."
+    )
+
+
 def new_client(config: SenderConfig) -> httpx.Client:
     """An HTTP client for ``config``'s endpoint; ValueError if its CA bundle can't be loaded."""
     return httpx.Client(headers={"User-Agent": f"trace_ext/{__version__}"}, verify=tls_verify(config.certificate))
@@ -87,6 +95,10 @@ def export(
     host = config.destination.host
     try:
         response = client.post(config.destination.url, content=body, headers=headers, timeout=timeout)
+    except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+        # A header the HTTP client refuses to send (a line break, characters that aren't
+        # ASCII). Its text quotes the value, which may be a key: it is never shown.
+        return Retry(None, bad_header(exc))
     except httpx.TimeoutException:
         return Retry(None, f"{host} did not answer within {timeout:g} s; retrying.")
     except httpx.ConnectError as exc:

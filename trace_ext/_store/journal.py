@@ -14,8 +14,8 @@ kernel on the store importing what a dead one left. A frame cut short (the
 kernel killed inside ``write``) or damaged fails its length or checksum and is
 never imported.
 
-Files live in ``<store>.journal.d/`` (0700), one name per kernel and file:
-``<host>~<pid>~<random>~<n>.journal``. A fully imported file is removed by its
+Files sit beside the store (0600), one name per kernel and file:
+``<store>.j-<host>~<pid>~<random>~<n>.journal``. A fully imported file is removed by its
 own kernel (which then starts file ``n + 1``), or by any kernel of the same
 host once its owner's process is gone.
 
@@ -35,16 +35,30 @@ from typing import Iterator, Sequence
 
 from .._otlp import SpanRecord
 
-__all__ = ["Journal", "journal_folder", "owner_gone", "read_at", "read_frames"]
+__all__ = ["Journal", "journal_files", "journal_prefix", "owner_gone", "owner_of", "read_at", "read_frames", "stem_of"]
 
 _MAGIC = b"TXJ1"
 _HEADER = struct.Struct("<4sII")
 MAX_READ = 8 * 2**20  # bytes of journal one import transaction reads at most (a frame may exceed it)
 
 
-def journal_folder(store_path: str) -> str:
-    # Not "<store>-journal": that name is SQLite's own rollback journal.
-    return os.path.abspath(store_path) + ".journal.d"
+def journal_prefix(store_path: str) -> str:
+    """What every journal file of this store starts with (a path).
+
+    Not ``<store>-journal``: that name is SQLite's own rollback journal.
+    """
+    return os.path.abspath(store_path) + ".j-"
+
+
+def journal_files(store_path: str) -> list[str]:
+    """The journal files of this store, oldest name first."""
+    prefix = journal_prefix(store_path)
+    folder, start = os.path.split(prefix)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(os.path.join(folder, n) for n in names if n.startswith(start) and n.endswith(".journal"))
 
 
 def encode_frame(records: Sequence[SpanRecord], state: str) -> bytes:
@@ -95,13 +109,23 @@ def read_frames(data: bytes) -> Iterator[tuple[int, str, list[SpanRecord]]]:
         yield at, state, records
 
 
-def owner_gone(name: str) -> bool:
-    """Whether the kernel that wrote journal file ``name`` is gone (False when unsure)."""
-    parts = name.split("~")
-    if len(parts) != 4 or parts[0] != socket.gethostname():
-        return False
+def owner_of(path: str) -> tuple[str, str]:
+    """(host, pid) from a journal file's name."""
+    parts = os.path.basename(path).rpartition(".j-")[2].split("~")
+    return (parts[0], parts[1]) if len(parts) == 4 else ("", "")
+
+
+def stem_of(path: str) -> str:
+    return path.rsplit("~", 1)[0]
+
+
+def owner_gone(path: str) -> bool:
+    """Whether the kernel that wrote journal file ``path`` is gone (False when unsure)."""
+    host, pid_text = owner_of(path)
+    if host != socket.gethostname():
+        return False  # another machine's (a shared folder): left to it
     try:
-        pid = int(parts[1])
+        pid = int(pid_text)
     except ValueError:
         return False
     if pid == os.getpid():
@@ -122,9 +146,7 @@ class Journal:
     """
 
     def __init__(self, store_path: str) -> None:
-        self.folder = journal_folder(store_path)
-        os.makedirs(self.folder, mode=0o700, exist_ok=True)
-        self.stem = f"{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
+        self.stem = f"{journal_prefix(store_path)}{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
         self._n = 0
         self._fd: int | None = None
         self.path = ""
@@ -133,7 +155,7 @@ class Journal:
 
     def _open(self) -> None:
         self._n += 1
-        self.path = os.path.join(self.folder, f"{self.stem}~{self._n}.journal")
+        self.path = f"{self.stem}~{self._n}.journal"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = 0
 

@@ -27,7 +27,7 @@ import time
 from typing import Callable, Protocol, Sequence
 
 from .._otlp import SpanRecord
-from .journal import Journal, owner_gone
+from .journal import Journal, journal_files, owner_gone, owner_of, stem_of
 from .schema import SpanState
 from .store import SpanStore
 
@@ -225,19 +225,14 @@ class Saver:
         journal = self.journal
         if journal is None or self.store.in_memory:
             return
-        try:
-            names = os.listdir(journal.folder)
-        except OSError:
-            return
-        mine = {os.path.basename(p) for p in self._older + [journal.path]}
-        for name in sorted(names):
-            if not name.endswith(".journal") or name in mine:
+        mine = set(self._older + [journal.path])
+        for path in journal_files(self.store.path):
+            if path in mine:
                 continue
-            stem = name.rsplit("~", 1)[0]
-            here = stem.split("~")[1:2] == [str(os.getpid())]
-            if (here and stem in _LIVE_STEMS) or not (here or owner_gone(name)):
+            _host, pid = owner_of(path)
+            here = pid == str(os.getpid())
+            if (here and stem_of(path) in _LIVE_STEMS) or not (here or owner_gone(path)):
                 continue
-            path = os.path.join(journal.folder, name)
             while True:
                 _count, _offset, rest_unusable = self.store.import_journal(path, max_rounds=1)
                 if rest_unusable:
