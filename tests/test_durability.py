@@ -211,3 +211,30 @@ def test_spans_recorded_while_the_endpoint_variable_has_no_scheme_are_sent_once_
     kernel.ok(f"import os\nos.environ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] = {receiver.url!r}")
     flushed(kernel)
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+
+
+# --------------------------------------------------------------------------- 15
+
+
+def test_reload_ext_leaks_nothing_and_inside_a_traced_cell_keeps_it_ok(start_kernel, receiver, store_path):
+    kernel = traced_kernel(start_kernel, receiver, env_endpoint=True)  # the destination outlives reloads
+    for _ in range(5):
+        kernel.ok("%reload_ext trace_ext")
+    kernel.ok(
+        "%%trace reloading\n"
+        "_ids.append(format(_t.get_current_span().get_span_context().span_id, '016x'))\n"
+        "%reload_ext trace_ext\n"
+        "'still fine'"
+    )
+    kernel.ok(CELL.format(name="after"))
+    left = kernel.value(
+        "[__import__('gc').collect(), sum(isinstance(o, __import__('trace_ext._extension', fromlist=['x']).Extension)"
+        " for o in __import__('gc').get_objects())][1]"
+    )
+    assert left == 1, f"{left} Extension objects are alive after 6 reloads"
+    produced = kernel.value("_ids")
+    flushed(kernel)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=3)
+    (cell,) = [s for s in receiver.spans if s.name == "reloading"]
+    assert cell.status_code != 2, f"the reloading cell's span is an error: {cell.status_message!r}"
+    assert cell.attributes.get("output.value") == "'still fine'"

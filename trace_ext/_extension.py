@@ -10,6 +10,7 @@ import atexit
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -46,6 +47,8 @@ EXIT_SLACK = 0.2  # seconds of shutdown_timeout kept for what follows the sender
 IMPORT_BYTES = 2**20  # ... and only this much of the journal: more is the saver thread's
 
 _ACTIVE: dict[int, "Extension"] = {}
+# A %%trace cell's open span, kept by an extension %reload_ext unloads for the one it loads next.
+_CELLS_FOR_NEXT_LOAD: dict[int, CellTracer] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
 
 
@@ -93,6 +96,9 @@ class Extension:
         # Spans from threads and executor tasks a cell starts nest under the cell.
         threads.install()
         self.cells = CellTracer(self.sdks.providers.tracer, s, self.session_id)
+        taken_over = _CELLS_FOR_NEXT_LOAD.pop(id(shell), None)  # %reload_ext in a %%trace cell
+        if taken_over is not None:
+            taken_over.hand_over(self.cells)
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
         shell.input_transformers_cleanup.append(strip_trace_line)
@@ -106,7 +112,9 @@ class Extension:
         if s.widget and in_a_cell(shell):
             display(self.status_display())
 
-    def unload(self) -> None:
+    def unload(self, reloading: bool = False) -> None:
+        """Take everything apart; when ``reloading`` (``%reload_ext``), the open cell span
+        is kept for the extension loaded next, which ends it with the cell."""
         shell, s = self.shell, self.settings
         atexit.unregister(self._at_exit)
         s.unobserve(self._on_setting)
@@ -116,12 +124,18 @@ class Extension:
         for kind in ("line", "cell"):
             shell.magics_manager.magics[kind].pop("trace", None)
         shell.magics_manager.registry.pop(type(self.magics).__name__, None)
+        if self.magics in shell.configurables:  # register_magics put it there: it would keep us alive
+            shell.configurables.remove(self.magics)
         self._unwatch_errors()
         if strip_trace_line in shell.input_transformers_cleanup:
             shell.input_transformers_cleanup.remove(strip_trace_line)
         shell.events.unregister("post_run_cell", self._post_run_cell)
         shell.events.unregister("pre_run_cell", self._pre_run_cell)
         threads.uninstall()
+        if reloading:
+            holder = CellTracer(self.sdks.providers.tracer, s, self.session_id)
+            self.cells.hand_over(holder)
+            _CELLS_FOR_NEXT_LOAD[id(shell)] = holder
         self.cells.end_open_span("trace_ext was unloaded while the cell ran.")
         deadline = time.monotonic() + s.shutdown_timeout
         self.saver.save()
@@ -434,7 +448,7 @@ def active(shell=None) -> Extension | None:
 def load(shell) -> None:
     current = _ACTIVE.pop(id(shell), None)
     if current is not None:
-        current.unload()
+        current.unload(reloading=True)
     extension = Extension(shell)
     extension.load()
     _ACTIVE[id(shell)] = extension
@@ -443,4 +457,16 @@ def load(shell) -> None:
 def unload(shell) -> None:
     extension = _ACTIVE.pop(id(shell), None)
     if extension is not None:
-        extension.unload()
+        extension.unload(reloading=_reloading())
+
+
+def _reloading() -> bool:
+    """Whether IPython's ``%reload_ext`` is unloading us (it loads us again right after)."""
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "reload_extension":
+            return True
+    return False

@@ -58,6 +58,8 @@ class BufferingSpanProcessor(SpanProcessor):
         # again re-activates the same instance instead of stacking a second.
         self._active = False
         self._on_full = self._save = None
+        # And forget the unloaded extension's watcher: it would keep that whole extension alive.
+        self.watch = lambda: None
 
     def forget_after_fork(self) -> None:
         """In a child made by ``os.fork()``: inert, with an empty buffer of its own.

@@ -39,7 +39,9 @@ __all__ = ["Journal", "journal_files", "journal_prefix", "owner_gone", "owner_of
 
 _MAGIC = b"TXJ1"
 _HEADER = struct.Struct("<4sII")
-MAX_READ = 8 * 2**20  # bytes of journal one import transaction reads at most (a frame may exceed it)
+# Bytes of journal one import transaction reads at most (a frame may exceed it): about
+# 3,000 small spans, tens of ms of the write lock, which the sender's marks need too.
+MAX_READ = 2**20
 
 
 def journal_prefix(store_path: str) -> str:

@@ -36,7 +36,7 @@ __all__ = ["SAVE_INTERVAL", "Saver"]
 log = logging.getLogger("trace_ext")
 
 SAVE_INTERVAL = 0.2  # seconds: the longest a span ended outside a cell waits to be durable
-FRAME_SPANS = 10_000  # spans per journal frame at most
+FRAME_SPANS = 2000  # spans per journal frame at most (one frame is imported in one transaction)
 OTHERS_INTERVAL = 5.0  # seconds between looks for journals dead kernels left
 ROTATE_BYTES = 16 * 2**20  # a fully imported journal file past this size is replaced by a new one
 

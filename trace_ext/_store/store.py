@@ -66,6 +66,7 @@ FAILED, LOCAL, PENDING, SENT = SpanState.FAILED, SpanState.LOCAL, SpanState.PEND
 MEMORY_LIMIT_BYTES = 256 * 2**20  # most bytes the in-memory database may hold
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode
 PRUNE_INTERVAL = 60.0  # seconds between retention passes
+IMPORT_PAUSE = 0.002  # seconds between a journal import's transactions
 _SQLITE_BUSY_SNAPSHOT = 517  # "database is locked" that no wait can cure (see _write)
 
 
@@ -377,6 +378,10 @@ class SpanStore:
         while self._memory is None and not self._closed:
             if max_rounds is not None and rounds >= max_rounds:
                 return imported, offset, False
+            if rounds:
+                # Let other writers (this kernel's sender marking what it sent, other kernels)
+                # in between rounds: SQLite's lock is not fair, and they give up after 2 s.
+                time.sleep(IMPORT_PAUSE)
             rounds += 1
             try:
                 with self._write(wait) as conn:
