@@ -54,6 +54,7 @@ __all__ = [
     "Request",
     "Reset",
     "Respond",
+    "Trickle",
     "decode_export_request",
     "otlp_json_to_proto_dict",
 ]
@@ -155,7 +156,19 @@ class Delay:
     seconds: float
 
 
-Fault = Respond | PartialSuccess | Hang | Reset | Delay
+@dataclass(frozen=True)
+class Trickle:
+    """Answer ``status`` with a body of ``size`` bytes (None: without end), written
+    ``chunk`` bytes at a time every ``interval`` seconds, until done or stop().
+    For a 2xx the spans count as accepted as soon as the status line is sent."""
+
+    status: int = 200
+    size: int | None = None
+    chunk: int = 65536
+    interval: float = 0.0
+
+
+Fault = Respond | PartialSuccess | Hang | Reset | Delay | Trickle
 
 
 # --------------------------------------------------------------------------- decoding
@@ -752,12 +765,36 @@ class OtlpReceiver:
             is_json = _media_type(content_type) == JSON
             judged = self.rule(spans) if self.rule is not None else None
             fault = judged if judged is not None else self._next_fault()
+            if isinstance(fault, Trickle):
+                self._set_status(index, request, fault.status)
+                self._trickle(handler, fault)
+                return
             resolved = self._apply_fault(handler, fault, is_json)
             if resolved is None:
                 return  # Hang, Reset or a Delay cut short by stop(): no answer is sent
             answer = resolved
         self._set_status(index, request, answer.status)
         handler.write_answer(answer)
+
+    def _trickle(self, handler: _Handler, fault: Trickle) -> None:
+        handler.close_connection = True
+        try:
+            handler.send_response(fault.status)
+            handler.send_header("Content-Type", "text/plain")
+            if fault.size is not None:
+                handler.send_header("Content-Length", str(fault.size))
+            handler.end_headers()
+            handler.wfile.flush()
+            sent = 0
+            while fault.size is None or sent < fault.size:
+                if self._stopping.wait(fault.interval) if fault.interval else self._stopping.is_set():
+                    return
+                part = fault.chunk if fault.size is None else min(fault.chunk, fault.size - sent)
+                handler.wfile.write(b"x" * part)
+                handler.wfile.flush()
+                sent += part
+        except OSError:  # the client gave up on it
+            return
 
     def _apply_fault(
         self, handler: _Handler, fault: Fault | None, is_json: bool

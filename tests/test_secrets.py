@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections import Counter
 
 from trace_ext._redact import MARK, Redactor, secrets_of
 
 from .conftest import clean_env
 from .kernel import Kernel
 from .otlp_receiver import Respond
+from .test_faults import CELL, SETUP, assert_accounted, flushed, status_text
 
 PUBLIC = "pk-lf-public-1234567"
 SECRET = "sk-lf-secret-7654321"
@@ -141,3 +143,50 @@ def test_log_records_of_every_trace_ext_logger_are_redacted(tmp_path, store_path
     finally:
         if kernel.km.has_kernel:
             kernel.shutdown(now=True)
+
+
+# -- issue 11, cases 12, 16, 17 -------------------------------------------------
+
+PASSWORD = "pw-in-the-url-4711"
+
+
+def test_a_header_the_http_client_refuses_is_never_shown_and_its_spans_wait(start_kernel, receiver, store_path):
+    kernel = start_kernel()
+    kernel.ok(f"%load_ext trace_ext\n%config TraceExt.endpoint = {receiver.url!r}")
+    kernel.ok(SETUP)
+    for n, bad in enumerate([HEADER + "\n", "sécret-" + HEADER]):  # a line break; not ASCII
+        kernel.ok(f"%config TraceExt.headers = {{'X-Token': {bad!r}}}")
+        kernel.ok(CELL.format(name=f"bad-header-{n}"))
+        assert kernel.wait_for(lambda: "header" in status_text(kernel), 20), status_text(kernel)
+        text = status_text(kernel) + "".join(kernel.label_history())
+        assert HEADER not in text and "Illegal header" not in text, text
+        assert "internal error" not in text, text
+    produced = kernel.value("_ids")
+    assert receiver.requests == []
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)
+    kernel.ok(f"%config TraceExt.headers = {{'X-Token': {HEADER!r}}}")  # fixed: they go
+    flushed(kernel)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+
+
+def test_a_password_in_the_endpoint_url_is_a_secret(start_kernel, receiver, store_path, tmp_path):
+    url = receiver.url.replace("http://", f"http://user:{PASSWORD}@")
+    kernel = start_kernel()
+    kernel.ok(f"%load_ext trace_ext\n%config TraceExt.endpoint = {url!r}")
+    kernel.ok(SETUP)
+    kernel.ok(f"%%trace leaky-url\nprint({url!r})\n{url!r}")
+    bad = kernel.execute(f"%config TraceExt.endpoint = 'http://user:{PASSWORD}@127.0.0.1:notaport/v1/traces'")
+    flushed(kernel)
+    seen = [
+        kernel.ok("%config TraceExt").text(),
+        kernel.ok("%config TraceExt.endpoint").text(),
+        bad.text(),
+        status_text(kernel),
+        json.dumps([s.attributes for s in receiver.spans]),
+    ]
+    kernel.shutdown()
+    for place, text in enumerate(seen):
+        assert PASSWORD not in text, f"the password appeared in place #{place}: {text[:2000]}"
+    assert PASSWORD.encode() not in _store_bytes(store_path)
+    assert "must be an http:// or https:// URL" in seen[2]
+    assert {s.name for s in receiver.spans} >= {"leaky-url"}

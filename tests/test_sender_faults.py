@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import ssl
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
@@ -429,3 +429,44 @@ def test_the_certificate_setting_in_a_kernel(start_kernel, tls):
         assert "0 still pending" in kernel.ok("%trace flush --timeout 15").stdout
         [span] = rx.spans
         assert span.name == "over-tls"
+
+
+# -- issue 11, case 8: answers without end, answers at a trickle ----------------------
+
+
+def _peak_rss_mb(kernel) -> float:
+    with open(f"/proc/{kernel.pid()}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_2xx_answer_without_end_is_cut_and_its_spans_are_sent(start_kernel, receiver, store_path):
+    from .otlp_receiver import Trickle
+    from .test_faults import CELL, assert_accounted, flushed, traced_kernel
+
+    kernel = traced_kernel(start_kernel, receiver, "export_timeout = 5")
+    kernel.ok(CELL.format(name="warm-up"))
+    flushed(kernel)
+    before = _peak_rss_mb(kernel)
+    receiver.script(Trickle(200, size=256 * 2**20))  # 256 MB of "accepted", as fast as loopback goes
+    kernel.ok(CELL.format(name="endless"))
+    flushed(kernel, 60)
+    grew = _peak_rss_mb(kernel) - before
+    assert grew < 64, f"the kernel's peak memory grew by {grew:.0f} MB reading one answer"
+    produced = kernel.value("_ids")
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+
+
+def test_an_answer_at_a_trickle_is_given_up_after_the_export_timeout_and_shown(start_kernel, receiver, store_path):
+    from .otlp_receiver import Trickle
+    from .test_faults import CELL, assert_accounted, flushed, status_text, traced_kernel
+
+    kernel = traced_kernel(start_kernel, receiver, "export_timeout = 1")
+    receiver.script(Trickle(503, size=None, chunk=8, interval=0.2))  # each read well within its 1 s timeout
+    kernel.ok(CELL.format(name="trickled"))
+    assert kernel.wait_for(lambda: "did not finish answering within 1 s" in status_text(kernel), 30), status_text(kernel)
+    flushed(kernel, 30)  # the next request gets an answer: sent
+    produced = kernel.value("_ids")
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=2)

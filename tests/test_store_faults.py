@@ -438,16 +438,21 @@ def test_kernel_on_a_disk_that_fills_up_keeps_working_and_loses_nothing(start_ke
                 while True:
                     fh.write(b"\0" * 65536)
                     fh.flush()
-    else:  # SQLite's own SQLITE_FULL for the cell thread's connection (fewer than the
-        # 2000 spans that make the sender thread spill on its own connection, which has no limit).
+    else:  # SQLite's own SQLITE_FULL on every connection opened from now on (the saver
+        # thread, which imports the journal, and the cell's; each thread connects again).
         # fetchall() and no cell value: a statement left unfinished (a cursor kept in Out) holds
         # the connection's read snapshot open, and once the sender writes, the cell's next
         # BEGIN IMMEDIATE fails with SQLITE_BUSY_SNAPSHOT ("database is locked"), not FULL.
         kernel.ok(
-            "_c = active().store._disk()\n"
-            "_n = _c.execute('PRAGMA page_count').fetchall()[0][0]\n"
-            "_c.execute(f'PRAGMA max_page_count = {_n}').fetchall()\n"
-            "del _c"
+            "_st = active().store\n"
+            "_open = _st._open_disk\n"
+            "def _full():\n"
+            "    _c = _open()\n"
+            "    _n = _c.execute('PRAGMA page_count').fetchall()[0][0]\n"
+            "    _c.execute(f'PRAGMA max_page_count = {_n}').fetchall()\n"
+            "    return _c\n"
+            "_st._open_disk = _full\n"
+            "_st._generation += 1"
         )
     receiver.default = Respond(503)  # some spans wait in memory
     kernel.ok(PRODUCE.format(n=1500))  # cells go on: no error reaches the user
@@ -457,6 +462,8 @@ def test_kernel_on_a_disk_that_fills_up_keeps_working_and_loses_nothing(start_ke
     kernel.ok("%%trace while-full\n2")
     if filler is not None:
         filler.unlink()
+    else:
+        kernel.ok("_st._open_disk = _open")  # room again, for connections opened from now on
     assert wait_until(lambda: "in memory" not in status_text(kernel), 40), "timed out waiting for the store to be written again"
     assert receiver.wait_for(lambda rx: len(set(rx.span_ids())) >= 1502, 60)
     assert {"before-full", "while-full"} <= {s.name for s in receiver.spans}

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sqlite3
+import sys
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 
 from IPython.core.error import UsageError
 from IPython.display import display
@@ -19,6 +23,7 @@ from ._capture import threads
 from ._capture.cells import CellTracer, run_body_as_cell, watch_error_reports
 from ._delivery.destination import (
     SENDER_SETTINGS,
+    destination_intended,
     environment_fingerprint,
     sender_config,
 )
@@ -32,13 +37,20 @@ from ._display.widget import StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._redact import Redactor, secrets_of
 from ._sdks.sdks import Sdks
+from ._store.saver import Saver
 from ._store.schema import SpanState
 from ._store.store import open_store
 from .config import settings_from
 
 __all__ = ["Extension", "StoreWatch", "active", "load", "unload"]
 
+IMPORT_WAIT = 0.02  # seconds the post-cell hook waits for the store's lock to import what it saved
+EXIT_SLACK = 0.2  # seconds of shutdown_timeout kept for what follows the sender's shutdown
+IMPORT_BYTES = 2**20  # ... and only this much of the journal: more is the saver thread's
+
 _ACTIVE: dict[int, "Extension"] = {}
+# A %%trace cell's open span, kept by an extension %reload_ext unloads for the one it loads next.
+_CELLS_FOR_NEXT_LOAD: dict[int, CellTracer] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
 
 
@@ -58,6 +70,7 @@ class Extension:
         self._env = environment_fingerprint()
         self._destination = None
         self._store_watch = StoreWatch(self.status)
+        self._sending = False  # spans are saved pending (True) or local
         self._pid = os.getpid()  # a child made by os.fork() inherits this object, not the process
 
     # -- lifecycle ----------------------------------------------------------
@@ -77,12 +90,17 @@ class Extension:
         self.processor = self.sdks.processor
         self.sender = Sender(self.store, self.status, self.save)
         self.sender.periodic = not s.flush_after_cell
-        self.processor.activate(s.max_attribute_length, self.sender.request_save, self.save)
+        self.saver = self._new_saver(self.store)
+        self.processor.activate(s.max_attribute_length, self.saver.wake, self.save)
         self._apply_destination()
+        self.saver.start()
         self.sender.start()
         # Spans from threads and executor tasks a cell starts nest under the cell.
         threads.install()
         self.cells = CellTracer(self.sdks.providers.tracer, s, self.session_id)
+        taken_over = _CELLS_FOR_NEXT_LOAD.pop(id(shell), None)  # %reload_ext in a %%trace cell
+        if taken_over is not None:
+            taken_over.hand_over(self.cells)
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
         self._unwrap_cells = run_body_as_cell(shell)
@@ -96,7 +114,9 @@ class Extension:
         if s.widget and in_a_cell(shell):
             display(self.status_display())
 
-    def unload(self) -> None:
+    def unload(self, reloading: bool = False) -> None:
+        """Take everything apart; when ``reloading`` (``%reload_ext``), the open cell span
+        is kept for the extension loaded next, which ends it with the cell."""
         shell, s = self.shell, self.settings
         atexit.unregister(self._at_exit)
         s.unobserve(self._on_setting)
@@ -106,26 +126,51 @@ class Extension:
         for kind in ("line", "cell"):
             shell.magics_manager.magics[kind].pop("trace", None)
         shell.magics_manager.registry.pop(type(self.magics).__name__, None)
+        if self.magics in shell.configurables:  # register_magics put it there: it would keep us alive
+            shell.configurables.remove(self.magics)
         self._unwatch_errors()
         self._unwrap_cells()
         shell.events.unregister("post_run_cell", self._post_run_cell)
         shell.events.unregister("pre_run_cell", self._pre_run_cell)
         threads.uninstall()
+        if reloading:
+            holder = CellTracer(self.sdks.providers.tracer, s, self.session_id)
+            self.cells.hand_over(holder)
+            _CELLS_FOR_NEXT_LOAD[id(shell)] = holder
         self.cells.end_open_span("trace_ext was unloaded while the cell ran.")
-        self.save()
+        deadline = time.monotonic() + s.shutdown_timeout
+        self.saver.save()
         self.processor.deactivate()
         self.sdks.stop()  # other SDKs' exporters are theirs again
-        self.sender.shutdown(s.shutdown_timeout)
+        self._stop_delivery(deadline)
         self.store.close()
         self._close_displays()
+
+    def _stop_delivery(self, deadline: float):
+        """Saver, then sender, within ``deadline`` (monotonic) in all: the exit stays bounded.
+
+        Saving is one append to the journal; importing it gets up to half the time
+        (or 1 s), the sender the rest. What isn't imported stays in the journal and
+        what isn't sent stays pending: the next kernel on the store does both.
+        """
+        left = max(deadline - time.monotonic(), 0.0)
+        self.saver.stop(min(left / 2, 1.0))
+        # The sender may overrun its time by its join's slack (0.1 s); closing the store takes some too.
+        return self.sender.shutdown(max(deadline - time.monotonic() - EXIT_SLACK, 0.0))
 
     def _at_exit(self) -> None:
         if os.getpid() != self._pid:
             return  # a forked child's exit: the store, the spans and the sender are the parent's
         try:
+            deadline = time.monotonic() + self.settings.shutdown_timeout
             self.cells.end_open_span("The kernel exited while the cell ran.")
-            self.save()
-            report = self.sender.shutdown(self.settings.shutdown_timeout)
+            # Spans ended from here on could not be saved anyway; a thread still making
+            # them would only slow the exit down.
+            self.processor.deactivate()
+            report = self._stop_delivery(deadline)
+            # Closed here, within the time limit: left to the interpreter's teardown, the
+            # connections' finalizers made the kernel's exit 0.7 s slower.
+            self.store.close()
             if report.pending:
                 log.info("%s spans stay in %s and are sent next time.", report.pending, self.store.path)
         except Exception:
@@ -141,6 +186,7 @@ class Extension:
         never touches the parent's store, and gives other SDKs their exporters back.
         """
         self.sdks.peers.give_back_after_fork()
+        self.saver.forget_after_fork()
         self.store.forget_after_fork()
 
     def _pre_run_cell(self, info) -> None:
@@ -151,6 +197,13 @@ class Extension:
             self._internal_error("starting the cell's span", exc)
 
     def _post_run_cell(self, result) -> None:
+        # The user may press stop just as the cell ends: an interrupt landing here
+        # would leave the cell's span open or its spans unsaved. The cell is over,
+        # so it has nothing left to interrupt; the interrupt is held, then dropped.
+        with _interrupts_held():
+            self._after_cell(result)
+
+    def _after_cell(self, result) -> None:
         try:
             self.cells.post_run_cell(result)
         except Exception as exc:
@@ -173,31 +226,43 @@ class Extension:
     # -- the pipeline ---------------------------------------------------------
 
     def save(self) -> None:
-        """Move buffered spans into the store: durable once this returns."""
-        records = self.processor.take()
-        if not records:
-            return
-        sending = self.sender.config is not None
+        """Save buffered spans (to the journal): durable once this returns.
+
+        Then, if the store's lock is free within ``IMPORT_WAIT``, import them on
+        this thread too, so the store file shows them at once; otherwise the
+        saver thread does, as soon as the lock is free. Either way the cell
+        never waits on another writer for long.
+        """
+        self.saver.save()
+        if self.saver.backlog() > IMPORT_BYTES:
+            return  # a big cell's last spans: importing them here would hold the cell up
         try:
-            # On a store file that can't be written, this goes to memory instead.
-            stored = self.store.save(records, SpanState.PENDING if sending else SpanState.LOCAL)
-        except (sqlite3.Error, OSError) as exc:
-            self.processor.put_back(records)
-            self.status.last_error = (
-                f"Could not save {len(records)} spans to {self.store.path} ({exc}); "
-                "they are kept in memory and saved after the next cell."
-            )
-            return
-        with self.status.lock:
-            if sending:
-                self.status.pending += stored
-            else:
-                self.status.local += stored
+            self.saver.import_now(wait=IMPORT_WAIT, max_rounds=1)
+        except sqlite3.Error:
+            pass  # locked, say: the saver thread imports it
+
+    def _new_saver(self, store) -> Saver:
+        def state() -> SpanState:
+            return SpanState.PENDING if self._sending else SpanState.LOCAL
+
+        def saved(count: int, state: SpanState) -> None:
+            with self.status.lock:
+                if state is SpanState.PENDING:
+                    self.status.pending += count
+                else:
+                    self.status.local += count
+
+        def problem(message: str) -> None:
+            self.status.last_error = message
+
+        return Saver(store, self.processor, state, saved, problem)
 
     def _apply_destination(self) -> None:
         config, destination, warning = sender_config(self.settings, self.sdks.followable())
         warning = warning or ("" if destination else self.sdks.peers.grpc_hint())
         self._destination = destination
+        # Also while the configured destination can't be used: its spans wait for the fix.
+        self._sending = config is not None or destination_intended(self.settings)
         # Exporters of other SDKs sending to the same URL are handed over to us.
         self.sdks.peers.deliver_to(destination.url if destination else None)
         self._update_redactor()
@@ -236,9 +301,11 @@ class Extension:
     def _update_redactor(self) -> None:
         """Redact the current secrets and ``TraceExt.redact`` patterns from spans, status and log."""
         headers = dict(self.settings.headers)
+        urls = [self.settings.endpoint or ""]
         if self._destination is not None:
             headers.update(self._destination.headers)
-        redactor = Redactor(self.settings.redact, secrets_of(headers))
+            urls.append(self._destination.url)
+        redactor = Redactor(self.settings.redact, secrets_of(headers, urls))
         self.processor.set_redactor(redactor)
         self.status.redactor = redactor
         LOG_FILTER.redactor = redactor
@@ -251,8 +318,7 @@ class Extension:
             with self.settings.hold_trait_notifications():
                 self.settings.set_trait("store_path", change["old"])
             raise
-        self.save()
-        self.sender.shutdown(min(self.settings.shutdown_timeout, 1.0))
+        self._stop_delivery(time.monotonic() + min(self.settings.shutdown_timeout, 1.0))
         self.store.close()
         self.store, path = store, change["new"]
         self._store_watch.watch(store, self.settings)
@@ -262,7 +328,10 @@ class Extension:
             self.status.local, self.status.pending = counts.local, counts.pending
         self.sender = Sender(self.store, self.status, self.save)
         self.sender.periodic = not self.settings.flush_after_cell
+        self.saver = self._new_saver(self.store)
+        self.processor.activate(self.settings.max_attribute_length, self.saver.wake, self.save)
         self._apply_destination()
+        self.saver.start()
         self.sender.start()
 
     # -- what the magics and the public API use -------------------------------
@@ -279,18 +348,19 @@ class Extension:
         self._displays.clear()
 
     def flush(self, timeout: float) -> DeliveryReport:
-        self.save()
-        return self.sender.flush(timeout)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self.saver.sync(timeout)  # the sender sends from the store: import the journal first
+        return self.sender.flush(max(deadline - time.monotonic(), 0.0))
 
     def view(self, query: Query) -> TraceView:
-        self.save()
+        self.saver.sync(2.0)  # the view reads the store: import the journal first
         config = self.sender.config
         backend = backend_of(config.destination.url, config.destination.headers) if config else None
         return trace_view(self.store, query, backend)
 
     def send_local(self, since: float = 0.0, trace_id: str | None = None) -> str:
         """Queue spans kept locally (recorded with no destination) for the configured endpoint."""
-        self.save()
+        self.saver.sync(2.0)
         config = self.sender.config
         if config is None:
             raise UsageError(
@@ -355,6 +425,29 @@ class StoreWatch:
             status.in_memory, status.dropped = in_memory, dropped
 
 
+@contextmanager
+def _interrupts_held():
+    """SIGINT (the kernel's interrupt) is held off while this runs on the main thread, then dropped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:
+            raise ValueError("not installed from Python")
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    except (ValueError, OSError, TypeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            log.info("trace_ext held back an interrupt that came as the cell ended, until its spans were saved")
+
+
 def _after_fork_in_child() -> None:
     for extension in _ACTIVE.values():
         try:
@@ -377,7 +470,7 @@ def active(shell=None) -> Extension | None:
 def load(shell) -> None:
     current = _ACTIVE.pop(id(shell), None)
     if current is not None:
-        current.unload()
+        current.unload(reloading=True)
     extension = Extension(shell)
     extension.load()
     _ACTIVE[id(shell)] = extension
@@ -386,4 +479,16 @@ def load(shell) -> None:
 def unload(shell) -> None:
     extension = _ACTIVE.pop(id(shell), None)
     if extension is not None:
-        extension.unload()
+        extension.unload(reloading=_reloading())
+
+
+def _reloading() -> bool:
+    """Whether IPython's ``%reload_ext`` is unloading us (it loads us again right after)."""
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "reload_extension":
+            return True
+    return False

@@ -17,6 +17,7 @@ import binascii
 import logging
 import re
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import unquote
 
 from ._sdks import langfuse
 
@@ -48,12 +49,19 @@ def _credential_parts(value: str) -> list[str]:
     return parts
 
 
-def secrets_of(headers: Mapping[str, str]) -> set[str]:
-    """Header values (and the keys inside credentials) that must never be shown."""
+def secrets_of(headers: Mapping[str, str], urls: Iterable[str] = ()) -> set[str]:
+    """Header values (and the keys inside credentials), and passwords in ``urls``
+    (``http://user:password@host/``), that must never be shown."""
     found: set[str] = set()
     for value in headers.values():
         found.add(value)
+        found.add(value.strip())
         found.update(_credential_parts(value))
+    for url in urls:
+        userinfo = url.rpartition("@")[0].rpartition("//")[2] if "@" in url else ""
+        user, colon, password = userinfo.partition(":")
+        if colon and password:
+            found.update({password, unquote(password), f"{user}:{password}"})
     found.update(langfuse.secret_keys())
     return {s for s in found if len(s) >= MIN_SECRET_LENGTH}
 

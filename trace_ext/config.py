@@ -44,14 +44,36 @@ def env(*names: str) -> str | None:
     return None
 
 
+class SecretURL(str):
+    """A URL whose repr hides the password in it (``%config TraceExt`` prints settings)."""
+
+    def __repr__(self) -> str:
+        return repr(without_password(self))
+
+
+def without_password(url: str) -> str:
+    """``url`` with the password of its user part (``user:password@``) replaced by ``***``."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, userinfo = head.rpartition("//")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{colon}{'***' if colon else ''}@{tail}"
+
+
 def check_url(setting: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 -- a port that isn't a number raises here
+    except ValueError:
+        parts, hostname = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname:
         raise SettingError(
             f"{setting} must be an http:// or https:// URL such as "
-            f"http://127.0.0.1:6006/v1/traces, not {url!r}."
+            f"http://127.0.0.1:6006/v1/traces, not {without_password(url)!r}."
         )
-    return url
+    return SecretURL(url) if "@" in url else url
 
 
 # The smallest value each numeric setting takes, and its unit (for the error message).

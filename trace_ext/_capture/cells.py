@@ -352,6 +352,13 @@ class CellTracer:
             span.set_attribute("langfuse.observation.output", output)
             span.set_attribute("output.value", output)
 
+    def hand_over(self, other: "CellTracer") -> None:
+        """Give the open cell span to ``other`` (``%reload_ext`` inside a ``%%trace`` cell):
+        the cell goes on and ends, under the new extension, as if nothing had happened."""
+        other._span, other._named, other._context, other._token = self._span, self._named, self._context, self._token
+        other._error_shown_ns = self._error_shown_ns
+        self._span = self._context = self._token = None
+
     def end_open_span(self, reason: str) -> None:
         """End a span whose cell never reported back (so it isn't left open forever)."""
         span = self._span

@@ -12,8 +12,8 @@ from .._sdks import langfuse
 from ..config import SettingError, TraceExt, check_url, env
 
 __all__ = [
-    "SENDER_SETTINGS", "Destination", "SenderConfig", "environment_fingerprint", "resolve_certificate",
-    "resolve_destination", "sender_config",
+    "SENDER_SETTINGS", "Destination", "SenderConfig", "destination_intended", "environment_fingerprint",
+    "resolve_certificate", "resolve_destination", "sender_config",
 ]
 
 
@@ -70,6 +70,20 @@ def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
         return Destination(check_url(source, url), source, {**headers, **extra}), warning
 
     return None, warning
+
+
+def destination_intended(settings: TraceExt) -> bool:
+    """Whether a destination is configured at all, valid or not.
+
+    A URL that can't be used (``127.0.0.1:4318``, no scheme) is a mistake to fix,
+    not a choice to keep spans here: spans recorded meanwhile are pending, and
+    sent once it is fixed, rather than local for good.
+    """
+    if settings.endpoint:
+        return True
+    if env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return True
+    return bool(langfuse.from_environment().url)
 
 
 def resolve_certificate(settings: TraceExt) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import ssl
+import time
 from typing import Iterable
 
 import httpx
@@ -49,6 +50,48 @@ def tls_verify(certificate: str | None) -> ssl.SSLContext | bool:
         ) from None
 
 
+MAX_ANSWER_BYTES = 2**20  # of an answer's body: OTLP's is a few bytes; an error page is cut for its reason anyway
+_DROPPED_HEADERS = {"content-encoding", "content-length", "transfer-encoding"}
+
+
+class _TooSlow(Exception):
+    """The answer's body did not finish within the request's time limit."""
+
+
+def _post(client: httpx.Client, url: str, body: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
+    """POST, reading at most ``MAX_ANSWER_BYTES`` of the answer, all within about ``timeout``.
+
+    httpx's timeouts bound each read, so a server that trickles its answer (a byte
+    a second) or sends one without end would hold the sender, and fill its memory,
+    for ever: the body is read in chunks against one deadline and a cap. The
+    answer comes back with its body decoded and cut at the cap (a 2xx cut short
+    is taken as accepted, with no partial-success details).
+    """
+    deadline = time.monotonic() + timeout
+    with client.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
+        content = bytearray()
+        cut = False
+        for chunk in response.iter_bytes():
+            content += chunk
+            if len(content) > MAX_ANSWER_BYTES:
+                cut = True
+                break
+            if time.monotonic() > deadline:
+                raise _TooSlow()
+        if cut and response.is_success:
+            content = bytearray()
+        kept = [(k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS]
+        return httpx.Response(response.status_code, headers=kept, content=bytes(content[:MAX_ANSWER_BYTES]))
+
+
+def bad_header(exc: BaseException) -> str:
+    kind = "characters that aren't ASCII" if isinstance(exc, UnicodeEncodeError) else "a character HTTP forbids"
+    return (
+        f"An export header (TraceExt.headers, or the endpoint's environment variables) has {kind} "
+        "in its name or value, so no request can be sent; spans are kept until it is fixed."
+    )
+
+
 def new_client(config: SenderConfig) -> httpx.Client:
     """An HTTP client for ``config``'s endpoint; ValueError if its CA bundle can't be loaded."""
     return httpx.Client(headers={"User-Agent": f"trace_ext/{__version__}"}, verify=tls_verify(config.certificate))
@@ -86,7 +129,13 @@ def export(
     """POST one request of ``count`` spans and classify the answer."""
     host = config.destination.host
     try:
-        response = client.post(config.destination.url, content=body, headers=headers, timeout=timeout)
+        response = _post(client, config.destination.url, body, headers, timeout)
+    except _TooSlow:
+        return Retry(None, f"{host} did not finish answering within {timeout:g} s; retrying.")
+    except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+        # A header the HTTP client refuses to send (a line break, characters that aren't
+        # ASCII). Its text quotes the value, which may be a key: it is never shown.
+        return Retry(None, bad_header(exc))
     except httpx.TimeoutException:
         return Retry(None, f"{host} did not answer within {timeout:g} s; retrying.")
     except httpx.ConnectError as exc:

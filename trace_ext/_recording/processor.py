@@ -58,6 +58,8 @@ class BufferingSpanProcessor(SpanProcessor):
         # again re-activates the same instance instead of stacking a second.
         self._active = False
         self._on_full = self._save = None
+        # And forget the unloaded extension's watcher: it would keep that whole extension alive.
+        self.watch = lambda: None
 
     def forget_after_fork(self) -> None:
         """In a child made by ``os.fork()``: inert, with an empty buffer of its own.
@@ -105,6 +107,16 @@ class BufferingSpanProcessor(SpanProcessor):
         # write) can leave the buffer past the threshold, and saves must go on.
         if size % SAVE_THRESHOLD == 0 and self._on_full is not None:
             self._on_full()
+
+    def peek(self, limit: int) -> list[SpanRecord]:
+        """The oldest ``limit`` records, left in the buffer (see :meth:`drop`)."""
+        with self._lock:
+            return self._buffer[:limit]
+
+    def drop(self, count: int) -> None:
+        """Remove the oldest ``count`` records, once they are saved."""
+        with self._lock:
+            del self._buffer[:count]
 
     def take(self) -> list[SpanRecord]:
         with self._lock:

@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS spans (
 CREATE INDEX IF NOT EXISTS spans_by_state ON spans(state, id);
 CREATE INDEX IF NOT EXISTS spans_by_trace ON spans(trace_id);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+-- How far each journal file (see _store.journal) is imported: moved on in the import's transaction.
+CREATE TABLE IF NOT EXISTS journals (name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
 """
 
 # The columns copied from memory to disk (not lease_owner: a copied span is not leased).

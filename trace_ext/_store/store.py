@@ -27,6 +27,7 @@ and retention.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -36,6 +37,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from IPython.core.error import UsageError
 
 from .._otlp import SpanRecord
+from .journal import read_at, read_frames
 from .files import damaged, move_aside, private_file, storage_failure
 from .leases import (
     LEASE_CHECK_INTERVAL,
@@ -64,6 +66,7 @@ FAILED, LOCAL, PENDING, SENT = SpanState.FAILED, SpanState.LOCAL, SpanState.PEND
 MEMORY_LIMIT_BYTES = 256 * 2**20  # most bytes the in-memory database may hold
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode
 PRUNE_INTERVAL = 60.0  # seconds between retention passes
+IMPORT_PAUSE = 0.002  # seconds between a journal import's transactions
 _SQLITE_BUSY_SNAPSHOT = 517  # "database is locked" that no wait can cure (see _write)
 
 
@@ -176,6 +179,7 @@ class SpanStore:
         self.listener: Callable[[], None] | None = None
         self._reason = ""
         self._memory_origins: dict[bytes, int] = {}
+        self._journaled: dict[str, int] = {}  # state -> spans in this process's journal, not yet imported
         if in_memory is not None:
             self._enter_memory(in_memory)
             return
@@ -276,11 +280,12 @@ class SpanStore:
         self.listener = None
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
         """A write transaction. While another connection holds the lock, retry every
-        0.2 ms: SQLite's own busy handler sleeps 1, 2, 5, 10 ms for a lock held for µs."""
+        0.2 ms: SQLite's own busy handler sleeps 1, 2, 5, 10 ms for a lock held for µs.
+        ``wait``: give up after this many seconds (default: the busy timeout)."""
         with self._use() as conn:
-            deadline = time.monotonic() + self._busy_timeout
+            deadline = time.monotonic() + (self._busy_timeout if wait is None else wait)
             conn.execute("PRAGMA busy_timeout = 0")
             try:
                 while True:
@@ -346,31 +351,15 @@ class SpanStore:
         return self._on_storage_failure(self._save, records, state)
 
     def _save(self, records: Sequence[SpanRecord], state: SpanState) -> int:
-        now = time.time()
         kept = len(records)
         try:
             with self._write() as conn:
-                memory = conn is self._memory
-                if memory:
+                if conn is self._memory:
                     kept = self._room_for(conn, records)
                     if kept < len(records):
                         self.dropped += len(records) - kept
                         records = records[:kept]
-                rows = [
-                    (
-                        r.trace_id, r.span_id, r.parent_id, r.name, r.start_ns, r.end_ns, r.status,
-                        self._origin_id(conn, r), r.payload, len(r.payload), state, now,
-                    )
-                    for r in records
-                ]
-                columns = ("trace_id, span_id, parent_id, name, start_ns, end_ns, status,"
-                           " origin, payload, size, state, recorded_at")
-                if memory:  # explicit ids from MEMORY_IDS up
-                    first, self._next_id = self._next_id, self._next_id + len(rows)
-                    conn.executemany(f"INSERT INTO spans(id, {columns}) VALUES ({','.join('?' * 13)})",
-                                     [(first + i, *row) for i, row in enumerate(rows)])
-                else:
-                    conn.executemany(f"INSERT INTO spans({columns}) VALUES ({','.join('?' * 12)})", rows)
+                self._insert(conn, records, state)
         except BaseException:
             # Ids cached inside the rolled-back transaction may not exist.
             self._origin_ids.clear()
@@ -379,6 +368,93 @@ class SpanStore:
         if self._memory is not None:
             self._update_warning()
         return kept
+
+    def _insert(self, conn: sqlite3.Connection, records: Sequence[SpanRecord], state: str) -> None:
+        """Inside a write transaction: insert ``records`` as new rows in ``state``."""
+        now = time.time()
+        rows = [
+            (
+                r.trace_id, r.span_id, r.parent_id, r.name, r.start_ns, r.end_ns, r.status,
+                self._origin_id(conn, r), r.payload, len(r.payload), str(state), now,
+            )
+            for r in records
+        ]
+        columns = ("trace_id, span_id, parent_id, name, start_ns, end_ns, status,"
+                   " origin, payload, size, state, recorded_at")
+        if conn is self._memory:  # explicit ids from MEMORY_IDS up
+            first, self._next_id = self._next_id, self._next_id + len(rows)
+            conn.executemany(f"INSERT INTO spans(id, {columns}) VALUES ({','.join('?' * 13)})",
+                             [(first + i, *row) for i, row in enumerate(rows)])
+        else:
+            conn.executemany(f"INSERT INTO spans({columns}) VALUES ({','.join('?' * 12)})", rows)
+
+    def import_journal(
+        self, path: str, wait: float | None = None, max_rounds: int | None = None, own: bool = False
+    ) -> tuple[int, int, bool]:
+        """Insert the frames of journal file ``path`` not yet imported (see :mod:`.journal`).
+
+        Each round is one transaction: the frames of at most ``MAX_READ`` bytes and
+        the file's new imported offset, so a frame is imported once, by whoever
+        gets there first. Returns ``(spans imported, imported offset, nothing
+        importable left)``. In memory mode nothing is imported: the journal is on
+        disk, where its spans are safer than in memory, until the file can be written.
+        ``wait`` bounds each wait for the write lock (sqlite3.OperationalError past it).
+        ``own``: this process's journal, whose spans :meth:`journaled` counted.
+        A file that can't be written switches the store to memory mode (the journal keeps its spans).
+        """
+        imported, offset, rounds = 0, 0, 0
+        name = os.path.basename(path)
+        while self._memory is None and not self._closed:
+            if max_rounds is not None and rounds >= max_rounds:
+                return imported, offset, False
+            if rounds:
+                # Let other writers (this kernel's sender marking what it sent, other kernels)
+                # in between rounds: SQLite's lock is not fair, and they give up after 2 s.
+                time.sleep(IMPORT_PAUSE)
+            rounds += 1
+            try:
+                with self._write(wait) as conn:
+                    if conn is self._memory:
+                        return imported, offset, False
+                    row = conn.execute("SELECT offset FROM journals WHERE name = ?", (name,)).fetchone()
+                    offset = row[0] if row else 0
+                    data = read_at(path, offset)
+                    frames = list(read_frames(data))
+                    if not frames:
+                        return imported, offset, True
+                    by_state: dict[str, int] = {}
+                    for _end, state, records in frames:
+                        self._insert(conn, records, state)
+                        by_state[state] = by_state.get(state, 0) + len(records)
+                    offset += frames[-1][0]
+                    conn.execute(
+                        "INSERT INTO journals(name, offset) VALUES (?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET offset = excluded.offset",
+                        (name, offset),
+                    )
+            except (OSError, sqlite3.Error) as exc:
+                self._origin_ids.clear()
+                if storage_failure(exc) and self._memory is None:
+                    self._enter_memory(exc)
+                    return imported, offset, False
+                raise
+            except BaseException:
+                self._origin_ids.clear()
+                raise
+            imported += sum(by_state.values())
+            if own:
+                with self._lock:
+                    for state, count in by_state.items():
+                        self._journaled[state] = max(self._journaled.get(state, 0) - count, 0)
+        return imported, offset, False
+
+    def forget_journal(self, path: str) -> None:
+        """Remove a journal file whose every frame is imported, and its row."""
+        with suppress(FileNotFoundError):
+            os.remove(path)
+        with self._write() as conn:
+            if conn is not self._memory:
+                conn.execute("DELETE FROM journals WHERE name = ?", (os.path.basename(path),))
 
     def claim(self, max_spans: int, max_bytes: int, lease_seconds: float) -> list[Claimed]:
         """Lease the oldest pending spans (at least one, at most the limits) to this sender."""
@@ -494,11 +570,20 @@ class SpanStore:
         with self._use() as conn:
             rows = conn.execute("SELECT state, COUNT(*) FROM spans GROUP BY state").fetchall()
         by_state = dict(rows)
+        for state, count in self._journaled.items():
+            by_state[state] = by_state.get(state, 0) + count
         return Counts(*(by_state.get(s, 0) for s in (LOCAL, PENDING, SENT, FAILED)))
 
     def pending(self) -> int:
+        """Pending spans: in the file (or memory), and in this process's journal, not yet imported."""
         with self._use() as conn:
-            return conn.execute("SELECT COUNT(*) FROM spans WHERE state = ?", (PENDING,)).fetchone()[0]
+            stored = conn.execute("SELECT COUNT(*) FROM spans WHERE state = ?", (PENDING,)).fetchone()[0]
+        return stored + self._journaled.get(PENDING, 0)
+
+    def journaled(self, count: int, state: str) -> None:
+        """``count`` spans in ``state`` went to this process's journal (counted until imported)."""
+        with self._lock:
+            self._journaled[str(state)] = self._journaled.get(str(state), 0) + count
 
     def recent_traces(self, limit: int, since: float = 0.0) -> list[list[StoredSpan]]:
         """The spans of the ``limit`` most recently recorded traces, oldest trace first.

@@ -1,0 +1,242 @@
+"""The saver: ended spans from the processor's buffer into the journal, and the journal into the store.
+
+One named daemon thread, ``trace_ext-saver``, per extension. Every
+``SAVE_INTERVAL`` seconds (sooner when the buffer grows by thousands) it saves
+what the buffer holds to this kernel's journal file (:mod:`.journal`): one
+``os.write``, which no other writer's lock can hold up. Then it imports the
+journal into the SQLite store, in transactions of bounded size, as fast as
+SQLite takes them; a lock held elsewhere only delays that import.
+
+So a span is durable within ``SAVE_INTERVAL`` of ending, in a cell or not,
+and the post-cell hook (:meth:`Saver.save`) only appends what the thread has
+not yet saved. The buffer is read, written, and only then emptied (``peek``,
+write, ``drop``): an exception anywhere before the write leaves the spans in
+the buffer, none is dropped.
+
+While the store is in memory mode (its file can't be written) spans are saved
+into that memory directly, as the store alone would, and the journal waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Callable, Protocol, Sequence
+
+from .._otlp import SpanRecord
+from .journal import Journal, journal_files, owner_gone, owner_of, stem_of
+from .schema import SpanState
+from .store import SpanStore
+
+__all__ = ["SAVE_INTERVAL", "Saver"]
+
+log = logging.getLogger("trace_ext")
+
+SAVE_INTERVAL = 0.2  # seconds: the longest a span ended outside a cell waits to be durable
+FRAME_SPANS = 2000  # spans per journal frame at most (one frame is imported in one transaction)
+OTHERS_INTERVAL = 5.0  # seconds between looks for journals dead kernels left
+ROTATE_BYTES = 16 * 2**20  # a fully imported journal file past this size is replaced by a new one
+
+_LIVE_STEMS: set[str] = set()  # journals of this process's savers now running (others here are left over)
+
+
+class Buffer(Protocol):
+    def peek(self, limit: int) -> list[SpanRecord]: ...
+    def drop(self, count: int) -> None: ...
+    def buffered(self) -> int: ...
+
+
+class Saver:
+    """Saves the buffer to the journal (durable) and imports the journal into ``store``."""
+
+    def __init__(
+        self,
+        store: SpanStore,
+        buffer: Buffer,
+        state: Callable[[], SpanState],
+        on_saved: Callable[[int, SpanState], None],
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self._buffer = buffer
+        self._state = state  # pending while there is a destination, else local
+        self._on_saved = on_saved  # (spans saved, their state): the status counters
+        self._on_error = on_error  # a one-sentence problem for the status
+        self._lock = threading.Lock()  # one save at a time: peek, write, drop
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._others_at = 0.0  # monotonic: next look for dead kernels' journals
+        self._older: list[str] = []  # this kernel's earlier journal files, not yet removed
+        self.journal: Journal | None = None
+        self._journal_error = ""
+        self._imported = ("", 0)  # (journal file, offset) as of the last import
+        try:
+            self.journal = Journal(store.path)
+            _LIVE_STEMS.add(self.journal.stem)
+        except OSError as exc:  # a folder that can't be made: the store alone (in memory, likely)
+            self._journal_error = str(exc)
+
+    # -- from any thread ------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="trace_ext-saver", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def save(self) -> int:
+        """Save everything the buffer holds now: durable once this returns. How many were saved."""
+        saved = 0
+        with self._lock:
+            # What is there now, not what a busy thread adds meanwhile: this must end.
+            left = self._buffer.buffered()
+            while left > 0:
+                records = self._buffer.peek(min(left, FRAME_SPANS))
+                if not records:
+                    return saved
+                state = self._state()
+                try:
+                    self._write(records, state)
+                except (sqlite3.Error, OSError) as exc:
+                    self._on_error(
+                        f"Could not save {len(records)} spans to {self.store.path} ({exc}); "
+                        "they are kept in memory and saved again shortly."
+                    )
+                    return saved
+                self._buffer.drop(len(records))
+                saved += len(records)
+                left -= len(records)
+                self._on_saved(len(records), state)
+            return saved
+
+    def _write(self, records: Sequence[SpanRecord], state: SpanState) -> None:
+        journal = self.journal
+        if journal is not None and not self.store.in_memory:
+            try:
+                journal.append(records, state)
+                self.store.journaled(len(records), state)
+                return
+            except OSError as exc:  # a full disk, say: the store decides (memory mode)
+                log.warning("trace_ext could not write its journal %s (%s)", journal.path, exc)
+        kept = self.store.save(records, state)
+        if kept < len(records):
+            log.warning("trace_ext dropped %d spans: its memory limit was reached", len(records) - kept)
+
+    def import_now(self, wait: float | None = None, max_rounds: int | None = None) -> bool:
+        """Import this kernel's journal into the store; True when all of it is imported."""
+        journal = self.journal
+        if journal is None:
+            return True
+        done = True
+        for path in list(self._older):
+            _n, _offset, rest_unusable = self.store.import_journal(path, wait, max_rounds, own=True)
+            if rest_unusable:
+                self.store.forget_journal(path)
+                self._older.remove(path)
+            else:
+                done = False
+        path = journal.path
+        _n, offset, _ = self.store.import_journal(path, wait, max_rounds, own=True)
+        self._imported = (path, offset)
+        with self._lock:
+            if journal.path != path or offset < journal.size:
+                return False
+            if journal.size >= ROTATE_BYTES:
+                journal.rotate()
+                self._older.append(path)  # removed at the next import (all of it is in the store)
+        return done
+
+    def backlog(self) -> int:
+        """Bytes of this kernel's current journal file not yet imported, as last seen."""
+        journal = self.journal
+        if journal is None:
+            return 0
+        path, offset = self._imported
+        return journal.size - (offset if path == journal.path else 0)
+
+    def sync(self, timeout: float) -> bool:
+        """Save the buffer, then import the journal, for at most about ``timeout`` seconds."""
+        self.save()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.import_now(wait=max(deadline - time.monotonic(), 0.0)):
+                    return True
+            except sqlite3.Error:
+                pass  # locked past the deadline, or a file that can't take it: left for later
+            if time.monotonic() >= deadline:
+                return False
+
+    def stop(self, timeout: float) -> None:
+        """Stop the thread within ``timeout`` seconds, saving the buffer and importing what time allows."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        journal = self.journal
+        try:
+            if self.sync(max(deadline - time.monotonic(), 0.0)) and journal is not None:
+                journal.close()
+                self.store.forget_journal(journal.path)  # all of it is in the store
+        except Exception:  # what isn't imported stays in the journal, for the next kernel
+            log.debug("trace_ext left its journal to the next kernel", exc_info=True)
+        if journal is not None:
+            journal.close()
+            _LIVE_STEMS.discard(journal.stem)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: never write the parent's journal."""
+        self._lock = threading.Lock()
+        if self.journal is not None:
+            self.journal.forget_after_fork()
+        self.journal = None
+        self._stopping = True
+
+    # -- the thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(SAVE_INTERVAL)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self.save()
+                self.import_now()
+                if time.monotonic() >= self._others_at:
+                    self._others_at = time.monotonic() + OTHERS_INTERVAL
+                    self._import_others()
+            except sqlite3.OperationalError:
+                pass  # the store is locked beyond the busy timeout: the journal holds the spans
+            except Exception as exc:  # keep the thread alive whatever happens
+                log.exception("trace_ext saver step failed")
+                self._on_error(f"trace_ext could not import its journal into the store: {exc}.")
+
+    def _import_others(self) -> None:
+        """Import (and remove) journals of kernels that are gone, or of an earlier load in this process."""
+        journal = self.journal
+        if journal is None or self.store.in_memory:
+            return
+        mine = set(self._older + [journal.path])
+        for path in journal_files(self.store.path):
+            if path in mine:
+                continue
+            _host, pid = owner_of(path)
+            here = pid == str(os.getpid())
+            if (here and stem_of(path) in _LIVE_STEMS) or not (here or owner_gone(path)):
+                continue
+            while True:
+                _count, _offset, rest_unusable = self.store.import_journal(path, max_rounds=1)
+                if rest_unusable:
+                    self.store.forget_journal(path)
+                    break
+                if self._stopping or self.store.in_memory:
+                    return
