@@ -226,6 +226,9 @@ def _details(span: SpanInfo) -> str:
     if span.error:
         said = span.exception or span.status_message or "error"
         parts.append(f"<div class='txv-x'>{_e(_cut(said)[0])}</div>")
+        if span.traceback:
+            parts.append(f"<details><summary><span class='txv-c'></span><h4 style='display:inline'>Traceback</h4>"
+                         f"</summary>{_pre(span.traceback)}</details>")
     if span.not_delivered:
         parts.append(f"<div class='txv-x'>not delivered: {_e(span.not_delivered)}</div>")
     if span.model or span.tokens:
