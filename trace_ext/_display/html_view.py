@@ -63,7 +63,7 @@ details[open]>summary .txv-c::before{content:"\\25BE"}
 .txv-tk{position:relative;height:14px;background-image:linear-gradient(to right,var(--txv-line) 1px,transparent 1px);background-size:25% 100%}
 .txv-bar{position:absolute;top:2px;height:10px;min-width:2px;border-radius:2px;background:var(--txv-bar)}
 .txv-ax{font-size:85%;opacity:.7;border-bottom:1px solid var(--txv-line)}
-.txv-ax .txv-tk{height:auto;background:none}
+.txv-ax .txv-tk{height:1.4em;background:none}
 .txv-ax .txv-tk span{position:absolute;transform:translateX(-50%)}
 .txv-ax .txv-tk span:first-child{transform:none}
 .txv-sp[open]>.txv-sr{background:var(--txv-tint)}
