@@ -208,6 +208,8 @@ def test_a_selected_span_shows_its_input_output_error_and_usage(shown):
     assert "color:var(--txv-err" in summary_of(root).find(has_class("txv-nm")).attrs["style"]
     root_detail = next(c for c in root.children if "txv-d" in c.classes())
     assert "ValueError: bad input" in root_detail.find(has_class("txv-x")).text()
+    traceback = root_detail.find(lambda n: n.tag == "details" and n.text().startswith("Traceback"))
+    assert "raise ValueError('bad input')" in traceback.text()
 
 
 def test_filters_pick_traces(shown):

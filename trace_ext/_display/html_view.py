@@ -63,7 +63,7 @@ details[open]>summary .txv-c::before{content:"\\25BE"}
 .txv-tk{position:relative;height:14px;background-image:linear-gradient(to right,var(--txv-line) 1px,transparent 1px);background-size:25% 100%}
 .txv-bar{position:absolute;top:2px;height:10px;min-width:2px;border-radius:2px;background:var(--txv-bar)}
 .txv-ax{font-size:85%;opacity:.7;border-bottom:1px solid var(--txv-line)}
-.txv-ax .txv-tk{height:auto;background:none}
+.txv-ax .txv-tk{height:1.4em;background:none}
 .txv-ax .txv-tk span{position:absolute;transform:translateX(-50%)}
 .txv-ax .txv-tk span:first-child{transform:none}
 .txv-sp[open]>.txv-sr{background:var(--txv-tint)}
@@ -226,6 +226,9 @@ def _details(span: SpanInfo) -> str:
     if span.error:
         said = span.exception or span.status_message or "error"
         parts.append(f"<div class='txv-x'>{_e(_cut(said)[0])}</div>")
+        if span.traceback:
+            parts.append(f"<details><summary><span class='txv-c'></span><h4 style='display:inline'>Traceback</h4>"
+                         f"</summary>{_pre(span.traceback)}</details>")
     if span.not_delivered:
         parts.append(f"<div class='txv-x'>not delivered: {_e(span.not_delivered)}</div>")
     if span.model or span.tokens:

@@ -200,6 +200,7 @@ class SpanInfo:
     kind: str = ""
     status_message: str = ""
     exception: str = ""  # "Type: message" of its exception event
+    traceback: str = ""  # that event's exception.stacktrace
     input: Value | None = None
     output: Value | None = None
     model: str = ""
@@ -389,6 +390,7 @@ def span_info(span: StoredSpan, depth: int, is_root: bool, detailed: bool = True
                 kind_name = event_attributes.get("exception.type", "")
                 text = event_attributes.get("exception.message", "")
                 info.exception = f"{kind_name}: {text}" if kind_name else str(text)
+                info.traceback = str(event_attributes.get("exception.stacktrace", ""))
     info.input = _value(attributes, _INPUT_KEYS, "input", kind)
     info.output = _value(attributes, _OUTPUT_KEYS, "output", kind)
     info.model = str(_first(attributes, _MODEL_KEYS) or "")
