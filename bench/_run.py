@@ -146,7 +146,7 @@ STAMP = '_bench["t0"] = _bt.perf_counter(); _bench["c0"] = _bt.thread_time(); _b
 HELD = """
 def _bench_held():
     held = 0
-    for p in getattr(getattr(tracer, "_span_processor", None), "_span_processors", ()):
+    for p in getattr(getattr(tracer, "span_processor", None), "_span_processors", ()):
         queue = getattr(getattr(p, "_batch_processor", p), "_queue", None)
         held += len(queue) if queue is not None else 0
     return held

@@ -31,7 +31,9 @@ def _num(value: float) -> str:
 
 
 def _ratio(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
 
 
 def summary(values: list[float], spread: str = "range") -> str:

@@ -5,7 +5,8 @@
 
 Each section is replaced from its heading up to the next heading of the same
 level; the output goes in as it was printed (its headings moved down a
-level), so the tables in the READMEs are exactly the run's.
+level), so the tables in the READMEs are exactly the run's. A tail that
+starts with the heading "### Not in the default run" is kept as it is.
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ def _demote(output: str, levels: int) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", output, flags=re.M)
 
 
+# A section's tail from this heading on is kept: results of questions outside the default run.
+KEEP = "### Not in the default run"
+
+
 def replace_section(text: str, heading: str, body: str) -> str:
     level = len(heading) - len(heading.lstrip("#"))
     start = text.index(heading + "\n")
     rest = text[start + len(heading) + 1:]
     nxt = re.search(rf"^#{{1,{level}}} ", rest, flags=re.M)
     end = start + len(heading) + 1 + (nxt.start() if nxt else len(rest))
-    return text[:start] + heading + "\n\n" + body.rstrip() + "\n\n" + text[end:]
+    old = text[start:end]
+    kept = old[old.index(KEEP):].rstrip() + "\n\n" if KEEP in old else ""
+    return text[:start] + heading + "\n\n" + body.rstrip() + "\n\n" + kept + text[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
