@@ -374,7 +374,7 @@ def rss_mb(pid: int) -> float:
 
 def test_100k_spans_during_an_outage_stay_on_disk_and_all_arrive_once(start_kernel, receiver, store_path):
     """The RSS bound (100 MB) is a third of what holding the outage in memory costs:
-    bench/outage_memory.py measures +293 MB for 100k such spans queued in RAM by the
+    `python -m bench --only outage` measures +293 MB for 100k such spans queued in RAM by the
     OTel SDK's BatchSpanProcessor. trace_ext spills them to disk every 2000 spans and
     grows by ~15 MB (SQLite page cache, allocator slack), so 100 MB leaves room for a
     busy machine without letting "kept in memory" pass."""
