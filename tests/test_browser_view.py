@@ -78,6 +78,15 @@ def open_trace(page, name: str):
     return row
 
 
+def open_span(row, name: str):
+    """The span called ``name`` in an opened trace row, opened to show its details."""
+    span = row.locator(".txv-sp").filter(has=row.page.locator(":scope > summary .txv-nm", has_text=name)).first
+    if not span.evaluate("d => d.open"):
+        span.locator(":scope > summary").click()
+    span.locator(":scope > .txv-d").wait_for(state="visible")
+    return span
+
+
 def spans_on_screen(row) -> list[dict]:
     """The waterfall's span rows as laid out: name, depth, where the name starts, the bar's box."""
     return row.evaluate(
@@ -295,7 +304,9 @@ def themes(notebook):
     """The view's lowest contrasts in JupyterLab Light and JupyterLab Dark (the page is left light)."""
     page, _name = notebook
     open_trace(page, "nested-spans")
-    open_trace(page, "failing-cell")
+    open_span(open_trace(page, "failing-cell"), "failing-cell")  # its error and input
+    json_row = open_trace(page, "json-output")
+    open_span(json_row, "lookup")  # JSON output
     measured = {"light": lowest_contrast(page, BODY_TEXT + BADGES)}
     command(page, "apputils:change-theme", {"theme": "JupyterLab Dark"})
     try:
@@ -306,6 +317,10 @@ def themes(notebook):
                                   .match(/[\\d.]+/g).map(Number);
                        return c[0] + c[1] + c[2] < 200; }""", timeout=30_000)
         measured["dark"] = lowest_contrast(page, BODY_TEXT + BADGES)
+        # A picture that fits the window (an element taller than it is captured badly):
+        # the list, the nested waterfall, and the error opened.
+        json_row.locator(":scope > summary").click()
+        page.wait_for_function("d => !d.open", arg=json_row.element_handle())
         page.locator(VIEW).scroll_into_view_if_needed()
         screenshot(page, "view-dark", VIEW)
     finally:
