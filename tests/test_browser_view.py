@@ -16,7 +16,6 @@ import subprocess
 import sys
 from urllib.parse import urlparse
 
-import nbformat
 import pytest
 
 from .browser import (
@@ -176,6 +175,8 @@ def notebook(lab, chromium, tmp_path_factory):
     store = tmp_path_factory.mktemp("view-store") / "spans.sqlite3"
     setup = f"import os\nos.environ['TRACE_EXT_STORE_PATH'] = {str(store)!r}"
     name = lab.write_notebook("view.ipynb", [setup, "%load_ext trace_ext", NESTED, FAILING, JSON_OUTPUT, "%trace show"])
+    import nbformat  # with Jupyter, as browser_missing() checked
+
     # Lab stops "run all" at an error, except in a cell tagged raises-exception.
     nb = lab.read_notebook(name)
     nb.cells[3].metadata["tags"] = ["raises-exception"]
