@@ -96,11 +96,16 @@ def spans_on_screen(row) -> list[dict]:
             const b = bar.getBoundingClientRect(), r = sr.getBoundingClientRect();
             return {name: [...nm.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim(),
                     depth: +s.dataset.depth, nameX: marker.left, top: r.top,
-                    bars: sr.querySelectorAll('.txv-bar').length,
+                    bars: sr.querySelectorAll('.txv-bar').length, duration: sr.querySelector('.txv-num').innerText,
                     left: b.left, right: b.right, visible: b.width > 0 && b.height > 0,
                     barColour: getComputedStyle(bar).backgroundColor, colour: getComputedStyle(nm).color};
         })"""
     )
+
+
+def milliseconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.,]+) (ns|µs|ms|s)", text.strip()).groups()
+    return float(number.replace(",", "")) * {"ns": 1e-6, "µs": 1e-3, "ms": 1, "s": 1e3}[unit]
 
 
 def rgba(text: str) -> tuple[float, float, float, float]:
@@ -223,13 +228,19 @@ def test_a_waterfall_has_one_bar_per_span_in_order_and_nesting(notebook):
     # Rows top to bottom; deeper spans' names start further right.
     assert [s["top"] for s in spans] == sorted(s["top"] for s in spans)
     cell, outer, a, b = spans
+    for s in spans:
+        s["ms"] = milliseconds(s["duration"])
     assert cell["nameX"] < outer["nameX"] < a["nameX"] == pytest.approx(b["nameX"], abs=1)
     # On one time axis: the cell's bar spans it all; outer inside it; inner-a before inner-b, both inside outer.
     slack = 2  # pixels: rounding of percentages
     assert cell["left"] - slack <= outer["left"] and outer["right"] <= cell["right"] + slack
     assert outer["left"] - slack <= a["left"] < b["left"] and b["right"] <= outer["right"] + slack
     assert a["right"] <= b["left"] + slack
-    assert (a["right"] - a["left"]) > (b["right"] - b["left"])  # 20 ms against 10 ms
+    # Bars are as long as the durations the rows print (20 ms and 10 ms of sleep, stretched by a busy machine).
+    if a["ms"] > b["ms"] * 1.2:
+        assert (a["right"] - a["left"]) > (b["right"] - b["left"])
+    elif b["ms"] > a["ms"] * 1.2:
+        assert (b["right"] - b["left"]) > (a["right"] - a["left"])
     assert not any(reddish(s["barColour"]) or reddish(s["colour"]) for s in spans)
     row.scroll_into_view_if_needed()
     screenshot(page, "view-waterfall-nested", f"{VIEW} .txv-tr[data-trace-id='{rows(page)[2]['id']}']")
@@ -406,7 +417,9 @@ def test_a_saved_notebook_reopened_after_the_kernel_is_gone_shows_the_view(noteb
     assert [r["cells"][4] for r in listed] == ["OK", "ERROR", "OK"]
     # It still opens and reads as before: a click shows a waterfall, errors in red.
     row = open_trace(reopened, "nested-spans")
-    assert [s["name"] for s in spans_on_screen(row)] == ["nested-spans", "outer", "inner-a", "inner-b"]
+    spans = spans_on_screen(row)
+    assert [s["name"] for s in spans] == ["nested-spans", "outer", "inner-a", "inner-b"]
+    assert all(s["visible"] for s in spans) and spans[2]["left"] < spans[3]["left"]  # bars laid out as before
     failing = reopened.locator(f"{VIEW} .txv-tr .txv-s-ERROR").first
     assert reddish(failing.evaluate("e => getComputedStyle(e).color"))
     screenshot(reopened, "view-reopened", VIEW)
