@@ -59,6 +59,7 @@ __all__ = [
     "MlflowSpan",
     "MlflowTrace",
     "PhoenixServer",
+    "install_browser",
     "install_mlflow",
     "install_phoenix",
     "main",
@@ -861,6 +862,25 @@ def _group_gone(pgid: int, deadline: float) -> bool:
 # --------------------------------------------------------------------------- CLI
 
 
+def install_browser() -> str:
+    """Debian's chromium for the browser tests (Playwright's own download can't work here).
+
+    Installed with apt-get when missing, which needs root; returns its path.
+    """
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise SystemExit("chromium is missing: run `apt-get install -y chromium` as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], check=True, env=env)
+    found = shutil.which("chromium")
+    if not found:
+        raise SystemExit("apt-get installed chromium, but it is not on PATH")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tests.backends install|serve``."""
     parser = argparse.ArgumentParser(
@@ -873,7 +893,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "install", help="install the trace_ext kernelspec; create the Phoenix and MLflow virtualenvs (idempotent)"
+        "install",
+        help="install the trace_ext kernelspec and chromium (as root); create the Phoenix and MLflow "
+        "virtualenvs (idempotent)",
     )
     serve = commands.add_parser(
         "serve", help="run a throw-away Phoenix (or MLflow) until Ctrl-C (to look at the UI)"
@@ -885,6 +907,7 @@ def main(argv: list[str] | None = None) -> int:
         # An editable install (`pip install -e .`, the README's test command) leaves out
         # the data files that `pip install .` installed, the kernelspec among them.
         subprocess.run([sys.executable, "-m", "trace_ext", "install", "--sys-prefix"], check=True)
+        print(install_browser())
         venv = install_phoenix(args.venv)
         print(venv)
         print(f"arize-phoenix {phoenix_version(venv)}")
