@@ -33,6 +33,13 @@ _STYLE = """
 .txv{--txv-err:var(--jp-error-color1,var(--vscode-errorForeground,#d32f2f));
 --txv-bar:var(--jp-brand-color1,var(--vscode-progressBar-background,#1976d2));
 --txv-ok:var(--jp-success-color1,#2e7d32);--txv-warn:var(--jp-warn-color1,#ef6c00);
+--txv-fg:var(--jp-ui-font-color1,var(--vscode-foreground,CanvasText));
+/* Text in a state's colour is mixed toward the theme's own text colour: darker on a light
+   theme, lighter on a dark one, so it reads at 4.5:1 or more (the themes' reds and greens
+   alone fall to 3.3-4.5:1 on a tinted row). Bars and borders keep the pure colours. */
+--txv-err-text:color-mix(in srgb,var(--txv-err) 75%,var(--txv-fg));
+--txv-ok-text:color-mix(in srgb,var(--txv-ok) 60%,var(--txv-fg));
+--txv-warn-text:color-mix(in srgb,var(--txv-warn) 65%,var(--txv-fg));
 --txv-line:var(--jp-border-color2,rgba(127,127,127,.28));--txv-tint:rgba(127,127,127,.10);
 font-family:var(--jp-ui-font-family,var(--vscode-font-family,system-ui,-apple-system,"Segoe UI",sans-serif));
 font-size:var(--jp-ui-font-size1,13px);color:var(--jp-ui-font-color1,inherit);line-height:1.45;max-width:100%}
@@ -51,9 +58,9 @@ gap:0 10px;align-items:center;padding:3px 6px;border-bottom:1px solid var(--txv-
 .txv-c::before{content:"\\25B8";display:inline-block;width:1.1em;opacity:.7}
 details[open]>summary .txv-c::before{content:"\\25BE"}
 .txv-st{display:inline-block;padding:0 6px;border-radius:8px;font-size:90%;background:var(--txv-tint)}
-.txv-s-ERROR,.txv-s-failed{color:var(--txv-err);background:rgba(211,47,47,.14)}
-.txv-s-sent,.txv-s-OK{color:var(--txv-ok)}
-.txv-s-pending{color:var(--txv-warn)}
+.txv-s-ERROR,.txv-s-failed{color:var(--txv-err-text);background:rgba(211,47,47,.14)}
+.txv-s-sent,.txv-s-OK{color:var(--txv-ok-text)}
+.txv-s-pending{color:var(--txv-warn-text)}
 .txv-tag{display:inline-block;padding:0 5px;margin-right:3px;border-radius:3px;border:1px solid var(--txv-line);font-size:90%}
 .txv-wf{margin:4px 0 10px 1.1em;padding:6px 8px;border-left:2px solid var(--txv-line)}
 .txv-meta{opacity:.8;margin-bottom:4px}
@@ -67,7 +74,7 @@ details[open]>summary .txv-c::before{content:"\\25BE"}
 .txv-ax .txv-tk span{position:absolute;transform:translateX(-50%)}
 .txv-ax .txv-tk span:first-child{transform:none}
 .txv-sp[open]>.txv-sr{background:var(--txv-tint)}
-.txv-err{color:var(--txv-err)}
+.txv-err{color:var(--txv-err-text)}
 .txv-b{display:inline-block;padding:0 4px;margin-right:4px;border-radius:3px;font-size:80%;font-style:normal;vertical-align:1px;background:var(--txv-tint)}
 .txv-b-cell{background:rgba(96,125,139,.25)}.txv-b-chain{background:rgba(25,118,210,.20)}
 .txv-b-generation{background:rgba(156,39,176,.25)}.txv-b-tool{background:rgba(239,108,0,.25)}
@@ -77,7 +84,7 @@ details[open]>summary .txv-c::before{content:"\\25BE"}
 .txv-g-agent{background:#00897b}.txv-g-embedding{background:#d81b60}.txv-g-cell{background:#78909c}
 .txv-d{margin:2px 0 8px;padding:6px 10px;border:1px solid var(--txv-line);border-radius:4px}
 .txv-d h4{margin:6px 0 2px;font-size:90%;opacity:.75;font-weight:600}
-.txv-x{color:var(--txv-err);border-left:3px solid var(--txv-err);padding:2px 8px;background:rgba(211,47,47,.10);white-space:pre-wrap}
+.txv-x{color:var(--txv-err-text);border-left:3px solid var(--txv-err);padding:2px 8px;background:rgba(211,47,47,.10);white-space:pre-wrap}
 .txv pre,.txv-j{font-family:var(--jp-code-font-family,var(--vscode-editor-font-family,ui-monospace,Menlo,Consolas,monospace));
 font-size:var(--jp-code-font-size,12px);margin:2px 0;padding:4px 6px;background:var(--txv-tint);border-radius:3px;
 white-space:pre-wrap;word-break:break-word;max-height:28em;overflow:auto}
@@ -272,7 +279,7 @@ def _waterfall(trace: TraceInfo, spans: list[SpanInfo]) -> str:
         badge = f"<i class='txv-b txv-b-{span.kind}'>{span.kind}</i>" if span.kind else ""
         style = [f"padding-left:{span.depth * 1.1:.1f}em"] if span.depth else []
         if span.error:
-            style.append("color:var(--txv-err,#d32f2f)")
+            style.append("color:var(--txv-err-text,#b71c1c)")
         style_attr = f" style='{';'.join(style)}'" if style else ""
         err = " txv-err" if span.error else ""
         # A bar takes its kind's colour (chains the theme's accent), an error's red above all.
@@ -324,7 +331,7 @@ def _status(word: str) -> str:
 
 def _trace_row(trace: TraceInfo, now: float, opened: bool) -> str:
     status = "ERROR" if trace.error else "OK"
-    name_style = " style='color:var(--txv-err,#d32f2f)'" if trace.error else ""
+    name_style = " style='color:var(--txv-err-text,#b71c1c)'" if trace.error else ""
     tags = "".join(f"<span class='txv-tag'>{_e(t)}</span>" for t in trace.tags)
     cells = [
         f"<span title='{_e(trace.name)}'{name_style}><span class='txv-c'></span>{_e(trace.name)}</span>",
