@@ -470,3 +470,17 @@ def test_an_answer_at_a_trickle_is_given_up_after_the_export_timeout_and_shown(s
     flushed(kernel, 30)  # the next request gets an answer: sent
     produced = kernel.value("_ids")
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=2)
+
+
+def test_a_redirect_keeps_the_spans_pending_and_says_so(start_kernel, receiver, store_path):
+    from .test_faults import CELL, assert_accounted, flushed, status_text, traced_kernel
+
+    receiver.script(Respond(302, headers={"Location": "http://elsewhere.example/v1/traces"}))
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="redirected"))
+    assert kernel.wait_for(lambda: "redirect (HTTP 302) to elsewhere.example" in status_text(kernel), 20), status_text(kernel)
+    produced = kernel.value("_ids")
+    states = assert_accounted(store_path, receiver, produced)
+    assert states["failed"] == 0, states  # a redirect is not the server refusing the spans
+    flushed(kernel, 30)  # the script is over: the next answer is 200
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=2)
