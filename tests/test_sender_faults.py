@@ -484,3 +484,14 @@ def test_a_redirect_keeps_the_spans_pending_and_says_so(start_kernel, receiver, 
     assert states["failed"] == 0, states  # a redirect is not the server refusing the spans
     flushed(kernel, 30)  # the script is over: the next answer is 200
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=2)
+
+
+def test_an_otel_headers_item_without_equals_is_reported_by_position_not_ignored(monkeypatch):
+    from trace_ext._delivery.destination import resolve_destination
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=ml,Bearer-sk-secret-123456")
+    destination, warning = resolve_destination(TraceExt())
+    assert destination.headers == {"x-team": "ml"}
+    assert "OTEL_EXPORTER_OTLP_HEADERS has items that are not key=value (item 2)" in warning
+    assert "sk-secret" not in warning

@@ -44,7 +44,7 @@ __all__ = ["Extension", "StoreWatch", "active", "load", "unload"]
 
 IMPORT_WAIT = 0.02  # seconds the post-cell hook waits for the store's lock to import what it saved
 EXIT_SLACK = 0.2  # seconds of shutdown_timeout kept for what follows the sender's shutdown
-IMPORT_BYTES = 2**20  # ... and only this much of the journal: more is the saver thread's
+IMPORT_BYTES = 64 * 2**10  # ... and only this much of the journal (~300 spans): more is the saver thread's
 
 _ACTIVE: dict[int, "Extension"] = {}
 # A %%trace cell's open span, kept by an extension %reload_ext unloads for the one it loads next.
@@ -233,10 +233,11 @@ class Extension:
         never waits on another writer for long.
         """
         self.saver.save()
-        if self.saver.backlog() > IMPORT_BYTES:
-            return  # a big cell's last spans: importing them here would hold the cell up
+        backlog = self.saver.backlog()
+        if not backlog or backlog > IMPORT_BYTES:
+            return  # nothing, or a big cell's last spans: importing them here would hold the cell up
         try:
-            self.saver.import_now(wait=IMPORT_WAIT, max_rounds=1)
+            self.saver.import_now(wait=IMPORT_WAIT, max_rounds=1, older=False)
         except sqlite3.Error:
             pass  # locked, say: the saver thread imports it
 
@@ -254,7 +255,7 @@ class Extension:
         def problem(message: str) -> None:
             self.status.last_error = message
 
-        return Saver(store, self.processor, state, saved, problem)
+        return Saver(store, self.processor, state, saved, problem, self.status.lock)
 
     def _apply_destination(self) -> None:
         config, destination, warning = sender_config(self.settings, self.sdks.followable())
