@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -349,8 +350,11 @@ class Extension:
 
     def flush(self, timeout: float) -> DeliveryReport:
         deadline = time.monotonic() + max(timeout, 0.0)
+        sent, failed = self.status.sent, self.status.failed
         self.saver.sync(timeout)  # the sender sends from the store: import the journal first
-        return self.sender.flush(max(deadline - time.monotonic(), 0.0))
+        report = self.sender.flush(max(deadline - time.monotonic(), 0.0))
+        # What was sent while the journal was imported counts too.
+        return dataclasses.replace(report, sent=self.status.sent - sent, failed=self.status.failed - failed)
 
     def view(self, count: int) -> TraceView:
         self.saver.sync(2.0)

@@ -143,6 +143,9 @@ class Saver:
         journal = self.journal
         if journal is None:
             return True
+        if journal.abandoned:
+            self._older += journal.abandoned
+            journal.abandoned.clear()
         for path in list(self._older) if older else []:
             _n, _offset, rest_unusable = self.store.import_journal(path, wait, max_rounds, own=True)
             if rest_unusable:
