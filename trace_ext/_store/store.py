@@ -66,6 +66,7 @@ FAILED, LOCAL, PENDING, SENT = SpanState.FAILED, SpanState.LOCAL, SpanState.PEND
 MEMORY_LIMIT_BYTES = 256 * 2**20  # most bytes the in-memory database may hold
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode
 PRUNE_INTERVAL = 60.0  # seconds between retention passes
+MARK_WAIT = 15.0  # seconds a mark (sent, failed, released) waits for the write lock
 ROWS_PER_INSERT = 500  # rows in one INSERT statement (13 columns: well under SQLite's 32,766 variables)
 IMPORT_PAUSE = 0.02  # seconds between a journal import's transactions: a few GIL switch intervals (5 ms)
 _SQLITE_BUSY_SNAPSHOT = 517  # "database is locked" that no wait can cure (see _write)
@@ -507,7 +508,7 @@ class SpanStore:
             ).fetchall()
         return [Claimed(*row) for row in rows]
 
-    def _update(self, sql: str, params: tuple, ids: Sequence[int]) -> None:
+    def _update(self, sql: str, params: tuple, ids: Sequence[int], wait: float = MARK_WAIT) -> None:
         """Short UPDATE ... WHERE id IN (...) transactions, on whichever database holds the ids."""
         for in_memory, part in split_ids(ids):
             if in_memory:
@@ -521,7 +522,9 @@ class SpanStore:
                 self._deferred.append((sql, params, part))
                 continue
             try:
-                with self._write() as conn:
+                # Longer than a save's wait: a mark that gives up means the spans are sent
+                # again, and only the sender thread waits here (never a cell).
+                with self._write(wait) as conn:
                     update_in(conn, sql, params, part, in_transaction=True)
             except (OSError, sqlite3.Error) as exc:
                 if not storage_failure(exc):
@@ -542,10 +545,10 @@ class SpanStore:
     def mark_failed(self, ids: Sequence[int], reason: str) -> None:
         self._finish(ids, FAILED, reason)
 
-    def release(self, ids: Sequence[int], not_before: float = 0.0) -> None:
+    def release(self, ids: Sequence[int], not_before: float = 0.0, wait: float = MARK_WAIT) -> None:
         """Give claimed spans back, to be sent again from ``not_before`` (epoch seconds).
         A ``not_before`` is the server's Retry-After, not a lease: no owner, never taken over."""
-        self._update("UPDATE spans SET lease_until = ?, lease_owner = NULL", (not_before,), ids)
+        self._update("UPDATE spans SET lease_until = ?, lease_owner = NULL", (not_before,), ids, wait)
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database without blocking writers; then
