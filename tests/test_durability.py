@@ -181,11 +181,14 @@ def test_exit_with_a_busy_span_producer_and_a_hanging_backend_is_bounded(start_k
     kernel.ok(PRODUCER)
     assert receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout=20)  # one is in flight
     assert wait_until(lambda: all_stored(store_path, []) and len(store_rows(store_path)) > 5000, 60)
-    took = timed_exit(kernel, 2 + 2.5)
+    took = timed_exit(kernel, 2 + 5)
     ours = extension_exit_took(kernel)  # the rest is the kernel's own teardown (see test_faults)
     print(f"exit: trace_ext's part {ours:.2f} s, kernel gone after {took:.2f} s")
     assert ours <= 2 + 0.5, f"trace_ext's exit work took {ours:.2f} s (shutdown_timeout = 2)"
-    assert took <= 2 + 2.5, f"the kernel took {took:.2f} s to exit (shutdown_timeout = 2)"
+    # The user's thread still makes spans (at no cost to trace_ext, whose processor is
+    # inert by then) while the interpreter tears down: at a load average of 11 that took
+    # 2.7 s on its own. The whole exit is only checked for being bounded (before: 15 s).
+    assert took <= 2 + 5, f"the kernel took {took:.2f} s to exit (shutdown_timeout = 2)"
     # What it saved is in the store (or its journal, for the next kernel), pending, never accepted.
     rows = store_rows(store_path)
     assert rows and all(state == "pending" for state, _error in rows.values())

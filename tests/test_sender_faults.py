@@ -470,3 +470,28 @@ def test_an_answer_at_a_trickle_is_given_up_after_the_export_timeout_and_shown(s
     flushed(kernel, 30)  # the next request gets an answer: sent
     produced = kernel.value("_ids")
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=2)
+
+
+def test_a_redirect_keeps_the_spans_pending_and_says_so(start_kernel, receiver, store_path):
+    from .test_faults import CELL, assert_accounted, flushed, status_text, traced_kernel
+
+    receiver.script(Respond(302, headers={"Location": "http://elsewhere.example/v1/traces"}))
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="redirected"))
+    assert kernel.wait_for(lambda: "redirect (HTTP 302) to elsewhere.example" in status_text(kernel), 20), status_text(kernel)
+    produced = kernel.value("_ids")
+    states = assert_accounted(store_path, receiver, produced)
+    assert states["failed"] == 0, states  # a redirect is not the server refusing the spans
+    flushed(kernel, 30)  # the script is over: the next answer is 200
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=2)
+
+
+def test_an_otel_headers_item_without_equals_is_reported_by_position_not_ignored(monkeypatch):
+    from trace_ext._delivery.destination import resolve_destination
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=ml,Bearer-sk-secret-123456")
+    destination, warning = resolve_destination(TraceExt())
+    assert destination.headers == {"x-team": "ml"}
+    assert "OTEL_EXPORTER_OTLP_HEADERS has items that are not key=value (item 2)" in warning
+    assert "sk-secret" not in warning

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -46,7 +47,7 @@ __all__ = ["Extension", "StoreWatch", "active", "load", "unload"]
 
 IMPORT_WAIT = 0.02  # seconds the post-cell hook waits for the store's lock to import what it saved
 EXIT_SLACK = 0.2  # seconds of shutdown_timeout kept for what follows the sender's shutdown
-IMPORT_BYTES = 2**20  # ... and only this much of the journal: more is the saver thread's
+IMPORT_BUDGET = 0.05  # seconds the post-cell hook spends importing, at most (then the saver thread goes on)
 
 _ACTIVE: dict[int, "Extension"] = {}
 # A %%trace cell's open span, kept by an extension %reload_ext unloads for the one it loads next.
@@ -228,18 +229,20 @@ class Extension:
     def save(self) -> None:
         """Save buffered spans (to the journal): durable once this returns.
 
-        Then, if the store's lock is free within ``IMPORT_WAIT``, import them on
-        this thread too, so the store file shows them at once; otherwise the
-        saver thread does, as soon as the lock is free. Either way the cell
-        never waits on another writer for long.
+        Then import them on this thread too, for ``IMPORT_BUDGET`` at most and
+        only if the store's lock is free within ``IMPORT_WAIT``, so the store file
+        shows a cell's spans at once; the saver thread imports the rest as soon as
+        the lock is free. Either way the cell never waits on another writer for long.
         """
         self.saver.save()
-        if self.saver.backlog() > IMPORT_BYTES:
-            return  # a big cell's last spans: importing them here would hold the cell up
-        try:
-            self.saver.import_now(wait=IMPORT_WAIT, max_rounds=1)
-        except sqlite3.Error:
-            pass  # locked, say: the saver thread imports it
+        # A round at a time, for IMPORT_BUDGET at most: what is left is the saver thread's.
+        deadline = time.monotonic() + IMPORT_BUDGET
+        while self.saver.backlog() and time.monotonic() < deadline:
+            try:
+                if self.saver.import_now(wait=IMPORT_WAIT, max_rounds=1, older=False):
+                    return
+            except sqlite3.Error:
+                return  # locked, say: the saver thread imports it
 
     def _new_saver(self, store) -> Saver:
         def state() -> SpanState:
@@ -255,7 +258,7 @@ class Extension:
         def problem(message: str) -> None:
             self.status.last_error = message
 
-        return Saver(store, self.processor, state, saved, problem)
+        return Saver(store, self.processor, state, saved, problem, self.status.lock)
 
     def _apply_destination(self) -> None:
         config, destination, warning = sender_config(self.settings, self.sdks.followable())
@@ -349,8 +352,11 @@ class Extension:
 
     def flush(self, timeout: float) -> DeliveryReport:
         deadline = time.monotonic() + max(timeout, 0.0)
+        sent, failed = self.status.sent, self.status.failed
         self.saver.sync(timeout)  # the sender sends from the store: import the journal first
-        return self.sender.flush(max(deadline - time.monotonic(), 0.0))
+        report = self.sender.flush(max(deadline - time.monotonic(), 0.0))
+        # What was sent while the journal was imported counts too.
+        return dataclasses.replace(report, sent=self.status.sent - sent, failed=self.status.failed - failed)
 
     def view(self, query: Query) -> TraceView:
         self.saver.sync(2.0)  # the view reads the store: import the journal first

@@ -33,13 +33,18 @@ class Destination:
         return f"{parts.hostname}{port}"
 
 
-def _otel_headers(raw: str | None) -> dict[str, str]:
-    """Parse ``OTEL_EXPORTER_OTLP_HEADERS`` (W3C baggage format, values percent-encoded)."""
+def _otel_headers(raw: str | None, problems: list[int] | None = None) -> dict[str, str]:
+    """Parse ``OTEL_EXPORTER_OTLP_HEADERS`` (W3C baggage format, values percent-encoded).
+
+    ``problems`` gets the (1-based) positions of items that are not ``key=value``:
+    ignored, and reported by position only (an item may be a bare key)."""
     headers: dict[str, str] = {}
-    for item in (raw or "").split(","):
+    for n, item in enumerate((raw or "").split(","), 1):
         key, sep, value = item.partition("=")
         if sep and key.strip():
             headers[unquote(key.strip())] = unquote(value.strip())
+        elif item.strip() and problems is not None:
+            problems.append(n)
     return headers
 
 
@@ -65,8 +70,14 @@ def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
         # one is a base to which /v1/traces is appended.
         source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if traces else "OTEL_EXPORTER_OTLP_ENDPOINT"
         url = traces or generic.rstrip("/") + "/v1/traces"
-        headers = _otel_headers(env("OTEL_EXPORTER_OTLP_HEADERS"))
-        headers.update(_otel_headers(env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")))
+        headers: dict[str, str] = {}
+        for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+            problems: list[int] = []
+            headers.update(_otel_headers(env(name), problems))
+            if problems:
+                items = ", ".join(map(str, problems))
+                warning = (f"{name} has items that are not key=value (item {items}), so they are not "
+                           "sent; the others are.")
         return Destination(check_url(source, url), source, {**headers, **extra}), warning
 
     return None, warning

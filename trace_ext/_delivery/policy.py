@@ -23,6 +23,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Union
+from urllib.parse import urlsplit
 
 import httpx
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -97,6 +98,19 @@ def classify(response: httpx.Response, host: str, count: int) -> Outcome:
             f"{host} rejected the credentials (HTTP {code}){said}. Spans are kept; fix the "
             f"keys ({langfuse.credentials_hint()}) and delivery resumes.",
             auth=True,
+        )
+    if 300 <= code < 400:
+        # Not the server refusing the spans: it points elsewhere, and following a redirect
+        # would send the headers (keys) to wherever it points. Kept until the URL is fixed.
+        where = response.headers.get("location", "")
+        try:
+            where = f" to {urlsplit(where).hostname}" if urlsplit(where).hostname else ""
+        except ValueError:
+            where = ""
+        return Retry(
+            None,
+            f"{host} answered with a redirect (HTTP {code}){where}, which trace_ext does not follow; "
+            "spans are kept: set TraceExt.endpoint to the URL it points to.",
         )
     if code in (408, 429) or code >= 500:
         return Retry(_retry_after(response), f"{host} answered HTTP {code}{said}; retrying.")

@@ -10,6 +10,7 @@ has a timeout, and nothing here ever runs on the cell's thread except
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Callable
@@ -137,7 +138,10 @@ class Sender:
             if thread.is_alive() and in_flight:
                 # Give that request's spans back now, not when the lease ends, so the
                 # next kernel sends them at once (a re-send, if the server kept them).
-                self._store.release(in_flight)
+                try:  # briefly: the exit must stay bounded; else the lease runs out instead
+                    self._store.release(in_flight, wait=0.2)
+                except sqlite3.Error:
+                    log.info("trace_ext left %d spans leased (the store was locked); the lease runs out", len(in_flight))
         self._status.state = DeliveryState.STOPPED
         return report
 

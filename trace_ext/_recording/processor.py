@@ -1,8 +1,9 @@
 """The span processor on the global tracer provider, and the in-memory buffer it fills.
 
 ``on_end`` runs on whatever thread ended the span (the cell's, usually), so it
-only encodes the span and appends it to a list: no I/O, no waiting. The
-post-cell hook moves the buffer into the store.
+only encodes the span and appends it to a list: no I/O, no waiting. The saver
+(``_store.saver``) reads the buffer with :meth:`peek` and empties it with
+:meth:`drop` only once the spans are saved, every 0.2 s and after each cell.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ __all__ = ["BufferingSpanProcessor"]
 
 log = logging.getLogger("trace_ext")
 
-# Past this many buffered spans the sender is asked to move them to disk, so a
-# long-running cell that produces spans by the thousand doesn't hold them in RAM.
+# Every this many buffered spans the saver is woken at once (not only every 0.2 s),
+# so a cell that makes spans by the thousand doesn't hold them in RAM.
 SAVE_THRESHOLD = 2000
 
 

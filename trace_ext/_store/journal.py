@@ -151,6 +151,7 @@ class Journal:
         self.stem = f"{journal_prefix(store_path)}{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
         self._n = 0
         self._fd: int | None = None
+        self.abandoned: list[str] = []  # earlier files of this journal, given up after a failed write
         self.path = ""
         self.size = 0
         self._open()
@@ -173,7 +174,9 @@ class Journal:
                 written += os.write(self._fd, view[written:])
         except OSError:
             if written:
-                # A frame cut short would hide every later frame of this file: start a new one.
+                # A frame cut short would hide every later frame of this file: start a new
+                # one; this one's whole frames are still imported (see ``abandoned``).
+                self.abandoned.append(self.path)
                 self.close()
             raise
         self.size += len(frame)

@@ -59,12 +59,16 @@ class Saver:
         state: Callable[[], SpanState],
         on_saved: Callable[[int, SpanState], None],
         on_error: Callable[[str], None],
+        count_lock: "threading.RLock | None" = None,
     ) -> None:
         self.store = store
         self._buffer = buffer
         self._state = state  # pending while there is a destination, else local
         self._on_saved = on_saved  # (spans saved, their state): the status counters
         self._on_error = on_error  # a one-sentence problem for the status
+        # Held while the store's count of journaled spans and on_saved's counters both move,
+        # so whoever sets the counters from the store under it never counts a save twice.
+        self._count_lock = count_lock or threading.RLock()
         self._lock = threading.Lock()  # one save at a time: peek, write, drop
         self._wake = threading.Event()
         self._stopping = False
@@ -102,7 +106,7 @@ class Saver:
                     return saved
                 state = self._state()
                 try:
-                    self._write(records, state)
+                    journaled = self._write(records, state)
                 except (sqlite3.Error, OSError) as exc:
                     self._on_error(
                         f"Could not save {len(records)} spans to {self.store.path} ({exc}); "
@@ -112,35 +116,42 @@ class Saver:
                 self._buffer.drop(len(records))
                 saved += len(records)
                 left -= len(records)
-                self._on_saved(len(records), state)
+                with self._count_lock:
+                    if journaled:
+                        self.store.journaled(len(records), state)
+                    self._on_saved(len(records), state)
             return saved
 
-    def _write(self, records: Sequence[SpanRecord], state: SpanState) -> None:
+    def _write(self, records: Sequence[SpanRecord], state: SpanState) -> bool:
+        """Write to the journal (True) or, failing that, to the store itself (False)."""
         journal = self.journal
         if journal is not None and not self.store.in_memory:
             try:
                 journal.append(records, state)
-                self.store.journaled(len(records), state)
-                return
+                return True
             except OSError as exc:  # a full disk, say: the store decides (memory mode)
                 log.warning("trace_ext could not write its journal %s (%s)", journal.path, exc)
         kept = self.store.save(records, state)
         if kept < len(records):
             log.warning("trace_ext dropped %d spans: its memory limit was reached", len(records) - kept)
+        return False
 
-    def import_now(self, wait: float | None = None, max_rounds: int | None = None) -> bool:
-        """Import this kernel's journal into the store; True when all of it is imported."""
+    def import_now(self, wait: float | None = None, max_rounds: int | None = None, older: bool = True) -> bool:
+        """Import this kernel's journal into the store; True when all of it is imported.
+        ``older``: also this kernel's earlier files (removing them takes the write lock
+        with the busy timeout, so the post-cell hook leaves them to the saver thread)."""
         journal = self.journal
         if journal is None:
             return True
-        done = True
-        for path in list(self._older):
+        if journal.abandoned:
+            self._older += journal.abandoned
+            journal.abandoned.clear()
+        for path in list(self._older) if older else []:
             _n, _offset, rest_unusable = self.store.import_journal(path, wait, max_rounds, own=True)
             if rest_unusable:
                 self.store.forget_journal(path)
                 self._older.remove(path)
-            else:
-                done = False
+        done = not self._older
         path = journal.path
         _n, offset, _ = self.store.import_journal(path, wait, max_rounds, own=True)
         self._imported = (path, offset)

@@ -66,7 +66,9 @@ FAILED, LOCAL, PENDING, SENT = SpanState.FAILED, SpanState.LOCAL, SpanState.PEND
 MEMORY_LIMIT_BYTES = 256 * 2**20  # most bytes the in-memory database may hold
 REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode
 PRUNE_INTERVAL = 60.0  # seconds between retention passes
-IMPORT_PAUSE = 0.002  # seconds between a journal import's transactions
+MARK_WAIT = 15.0  # seconds a mark (sent, failed, released) waits for the write lock
+ROWS_PER_INSERT = 500  # rows in one INSERT statement (13 columns: well under SQLite's 32,766 variables)
+IMPORT_PAUSE = 0.02  # seconds between a journal import's transactions: a few GIL switch intervals (5 ms)
 _SQLITE_BUSY_SNAPSHOT = 517  # "database is locked" that no wait can cure (see _write)
 
 
@@ -140,6 +142,33 @@ class Pruned(NamedTuple):
     over_cap: int = 0  # sent spans deleted (oldest first) to bring the store under its size cap
     size: int = 0  # bytes the store's data takes afterwards
     over: bool = False  # still over the cap: what is left is unsent, and unsent spans are kept
+
+
+_IMPORT_COLUMNS = ("trace_id, span_id, parent_id, name, start_ns, end_ns, status, origin, payload, size,"
+                   " state, recorded_at")
+_IMPORT_ROW = "(?,?,?,?,?,?,?,(SELECT id FROM origins WHERE digest = ?),?,?,?,?)"
+
+
+def _import_statements(frames) -> tuple[list[tuple[bytes, bytes, bytes]], list[tuple[str, list]], dict[str, int]]:
+    """For journal frames: their origins, the INSERT statements (many rows each; the
+    origin's id looked up by SQLite), and the spans per state."""
+    now = time.time()
+    origins: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+    rows: list[tuple] = []
+    by_state: dict[str, int] = {}
+    for _end, state, records in frames:
+        for r in records:
+            if r.origin not in origins:
+                origins[r.origin] = (r.origin, r.resource, r.scope)
+            rows.append((r.trace_id, r.span_id, r.parent_id, r.name, r.start_ns, r.end_ns, r.status,
+                         r.origin, r.payload, len(r.payload), state, now))
+        by_state[state] = by_state.get(state, 0) + len(records)
+    statements = []
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        part = rows[start : start + ROWS_PER_INSERT]
+        sql = f"INSERT INTO spans({_IMPORT_COLUMNS}) VALUES {','.join([_IMPORT_ROW] * len(part))}"
+        statements.append((sql, [v for row in part for v in row]))
+    return list(origins.values()), statements, by_state
 
 
 class SpanStore:
@@ -383,10 +412,17 @@ class SpanStore:
                    " origin, payload, size, state, recorded_at")
         if conn is self._memory:  # explicit ids from MEMORY_IDS up
             first, self._next_id = self._next_id, self._next_id + len(rows)
-            conn.executemany(f"INSERT INTO spans(id, {columns}) VALUES ({','.join('?' * 13)})",
-                             [(first + i, *row) for i, row in enumerate(rows)])
-        else:
-            conn.executemany(f"INSERT INTO spans({columns}) VALUES ({','.join('?' * 12)})", rows)
+            rows = [(first + i, *row) for i, row in enumerate(rows)]
+            columns = "id, " + columns
+        # Many rows per statement, not executemany: each statement's step lets go of the
+        # GIL, and a thread busy making spans takes it back for up to 5 ms every time, so
+        # row by row a transaction held the write lock for seconds (the sender's marks
+        # gave up after 2 s).
+        width = len(rows[0]) if rows else 0
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            part = rows[start : start + ROWS_PER_INSERT]
+            marks = ",".join([f"({','.join('?' * width)})"] * len(part))
+            conn.execute(f"INSERT INTO spans({columns}) VALUES {marks}", [v for row in part for v in row])
 
     def import_journal(
         self, path: str, wait: float | None = None, max_rounds: int | None = None, own: bool = False
@@ -413,40 +449,48 @@ class SpanStore:
                 time.sleep(IMPORT_PAUSE)
             rounds += 1
             try:
+                # Read and prepare outside the transaction: with a thread busy making spans,
+                # every Python step inside it waits for the GIL, and the write lock with it.
+                # The offset is checked again inside: offsets only grow, so an unchanged one
+                # means these frames are still not imported.
+                offset = self._journal_offset(name)
+                frames = list(read_frames(read_at(path, offset)))
+                if not frames:
+                    return imported, offset, True
+                end = offset + frames[-1][0]
+                origins, statements, by_state = _import_statements(frames)
                 with self._write(wait) as conn:
                     if conn is self._memory:
                         return imported, offset, False
                     row = conn.execute("SELECT offset FROM journals WHERE name = ?", (name,)).fetchone()
-                    offset = row[0] if row else 0
-                    data = read_at(path, offset)
-                    frames = list(read_frames(data))
-                    if not frames:
-                        return imported, offset, True
-                    by_state: dict[str, int] = {}
-                    for _end, state, records in frames:
-                        self._insert(conn, records, state)
-                        by_state[state] = by_state.get(state, 0) + len(records)
-                    offset += frames[-1][0]
+                    if (row[0] if row else 0) != offset:
+                        continue  # someone else imported meanwhile: read again
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO origins(digest, resource, scope) VALUES (?, ?, ?)", origins
+                    )
+                    for sql, params in statements:
+                        conn.execute(sql, params)
                     conn.execute(
                         "INSERT INTO journals(name, offset) VALUES (?, ?)"
                         " ON CONFLICT(name) DO UPDATE SET offset = excluded.offset",
-                        (name, offset),
+                        (name, end),
                     )
             except (OSError, sqlite3.Error) as exc:
-                self._origin_ids.clear()
                 if storage_failure(exc) and self._memory is None:
                     self._enter_memory(exc)
                     return imported, offset, False
                 raise
-            except BaseException:
-                self._origin_ids.clear()
-                raise
+            offset = end
             imported += sum(by_state.values())
             if own:
                 with self._lock:
                     for state, count in by_state.items():
                         self._journaled[state] = max(self._journaled.get(state, 0) - count, 0)
         return imported, offset, False
+
+    def _journal_offset(self, name: str) -> int:
+        row = self._disk().execute("SELECT offset FROM journals WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 0
 
     def forget_journal(self, path: str) -> None:
         """Remove a journal file whose every frame is imported, and its row."""
@@ -493,7 +537,7 @@ class SpanStore:
             ).fetchall()
         return [Claimed(*row) for row in rows]
 
-    def _update(self, sql: str, params: tuple, ids: Sequence[int]) -> None:
+    def _update(self, sql: str, params: tuple, ids: Sequence[int], wait: float = MARK_WAIT) -> None:
         """Short UPDATE ... WHERE id IN (...) transactions, on whichever database holds the ids."""
         for in_memory, part in split_ids(ids):
             if in_memory:
@@ -507,7 +551,9 @@ class SpanStore:
                 self._deferred.append((sql, params, part))
                 continue
             try:
-                with self._write() as conn:
+                # Longer than a save's wait: a mark that gives up means the spans are sent
+                # again, and only the sender thread waits here (never a cell).
+                with self._write(wait) as conn:
                     update_in(conn, sql, params, part, in_transaction=True)
             except (OSError, sqlite3.Error) as exc:
                 if not storage_failure(exc):
@@ -528,10 +574,10 @@ class SpanStore:
     def mark_failed(self, ids: Sequence[int], reason: str) -> None:
         self._finish(ids, FAILED, reason)
 
-    def release(self, ids: Sequence[int], not_before: float = 0.0) -> None:
+    def release(self, ids: Sequence[int], not_before: float = 0.0, wait: float = MARK_WAIT) -> None:
         """Give claimed spans back, to be sent again from ``not_before`` (epoch seconds).
         A ``not_before`` is the server's Retry-After, not a lease: no owner, never taken over."""
-        self._update("UPDATE spans SET lease_until = ?, lease_owner = NULL", (not_before,), ids)
+        self._update("UPDATE spans SET lease_until = ?, lease_owner = NULL", (not_before,), ids, wait)
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database without blocking writers; then
