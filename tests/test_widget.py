@@ -42,9 +42,10 @@ def test_widget_goes_from_pending_to_sent(start_kernel, receiver):
     final = kernel.status_labels()[-1]
     assert f"127.0.0.1:{receiver.port}" in final and "last delivery" in final
     assert "last delivery never" not in final
-    # The progress bar agrees: 3 of 3 done.
-    bars = [s for s in kernel.widget_states().values() if s.get("_model_name") == "IntProgressModel"]
-    assert bars and bars[-1]["value"] == 3 and bars[-1]["max"] == 3
+    # A backlog bar while the 3 spans wait (of this backlog: 0 of 3 answered), none once all
+    # are delivered: a full bar would say nothing a glance needs.
+    assert 'title="0 of 3 spans of this backlog answered"' in kernel.label_history()[first_pending]
+    assert "trace-ext-backlog" not in final and 'data-state="delivered"' in final
 
 
 def test_flush_reports_what_was_sent_and_what_remains(start_kernel, receiver):
@@ -52,11 +53,15 @@ def test_flush_reports_what_was_sent_and_what_remains(start_kernel, receiver):
     kernel.ok("%load_ext trace_ext\n%config TraceExt.flush_after_cell = False")
     kernel.ok(THREE_SPANS)
     out = kernel.ok("%trace flush --timeout 10").stdout
-    assert out.strip() == f"Sent 3 spans to 127.0.0.1:{receiver.port}; 0 failed; 0 still pending."
+    assert out.strip() == f"All 3 spans delivered to 127.0.0.1:{receiver.port} (3 by this flush); 0 failed; 0 still pending."
+    # A second flush with nothing new still says where the store stands, not "Sent 0".
+    out = kernel.ok("%trace flush --timeout 10").stdout
+    assert out.strip() == f"All 3 spans delivered to 127.0.0.1:{receiver.port} (0 by this flush); 0 failed; 0 still pending."
     receiver.default = Delay(30)
     kernel.ok(THREE_SPANS)
     out = kernel.ok("%trace flush --timeout 0.5").stdout
-    assert "3 still pending (timed out" in out
+    assert "3 spans delivered" in out and "3 of 6 still pending: no answer in time" in out, out
+    assert "they are on disk and keep being retried." in out, out
 
 
 def test_status_without_widgets_is_text_and_html(loaded):
@@ -75,7 +80,7 @@ def test_terminal_ipython_gets_a_text_status(tmp_path):
         capture_output=True, text=True, env=env, timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("trace_ext: 0 spans stored locally") == 2
+    assert out.stdout.count("trace_ext: Recording locally — 0 spans stored locally") == 2
     assert "Traceback" not in out.stdout + out.stderr
 
 

@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import sqlite3
 import time
 import uuid
 
 from IPython.core.error import UsageError
-from IPython.display import display
 
 from ._capture import threads
 from ._capture.cells import CellTracer, strip_trace_line, watch_error_reports
@@ -24,9 +24,9 @@ from ._delivery.destination import (
 )
 from ._delivery.sender import Sender
 from ._delivery.status import DeliveryReport, DeliveryState, DeliveryStatus
-from ._display.magics import TraceMagics, wrap_config_magic
+from ._display.magics import TraceMagics, wrap_config_magic, wrap_load_ext_magic
 from ._display.view import TraceView
-from ._display.widget import StatusDisplay, in_a_cell
+from ._display.widget import Actions, StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._redact import Redactor, secrets_of
 from ._sdks.sdks import Sdks
@@ -88,16 +88,20 @@ class Extension:
         self.magics = TraceMagics(shell, self)
         shell.register_magics(self.magics)
         self._restore_config = wrap_config_magic(shell, s)
+        # Running the `%load_ext trace_ext` cell again shows the status again.
+        self._restore_load_ext = wrap_load_ext_magic(shell, self._show_status_again)
         shell.configurables.append(s)
         s.observe(self._on_setting)
+        self.status.observe(self._on_state, "state")
         atexit.register(self._at_exit)
         if s.widget and in_a_cell(shell):
-            display(self.status_display())
+            self.status_display().show()
 
     def unload(self) -> None:
         shell, s = self.shell, self.settings
         atexit.unregister(self._at_exit)
         s.unobserve(self._on_setting)
+        self._restore_load_ext()
         if s in shell.configurables:
             shell.configurables.remove(s)
         self._restore_config()
@@ -115,6 +119,7 @@ class Extension:
         self.processor.deactivate()
         self.sdks.stop()  # other SDKs' exporters are theirs again
         self.sender.shutdown(s.shutdown_timeout)
+        self.status.unobserve(self._on_state, "state")
         self.store.close()
         self._close_displays()
 
@@ -125,6 +130,8 @@ class Extension:
             self.cells.end_open_span("The kernel exited while the cell ran.")
             self.save()
             report = self.sender.shutdown(self.settings.shutdown_timeout)
+            for view in self._displays:  # the notebook file keeps this last word
+                view.final_update()
             if report.pending:
                 log.info("%s spans stay in %s and are sent next time.", report.pending, self.store.path)
         except Exception:
@@ -202,6 +209,7 @@ class Extension:
         self._update_redactor()
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.destination = destination.host if destination else ""
+            self.status.destination_source = destination.source if destination else ""
             if destination is None:
                 self.status.state = DeliveryState.EMBEDDED
             elif self.status.state is DeliveryState.EMBEDDED:
@@ -228,7 +236,7 @@ class Extension:
             self._store_watch.apply_retention(self.settings)
         elif name == "widget":
             if change["new"]:
-                display(self.status_display())
+                self.status_display().show()
             else:
                 self._close_displays()
 
@@ -268,9 +276,26 @@ class Extension:
 
     def status_display(self) -> StatusDisplay:
         in_kernel = getattr(self.shell, "kernel", None) is not None
-        view = StatusDisplay(self.status, use_widget=self.settings.widget and in_kernel)
+        actions = Actions(flush=self.flush, retry_now=self.retry_now, show=lambda: self.view(5))
+        view = StatusDisplay(self.status, use_widget=self.settings.widget and in_kernel, actions=actions)
         self._displays.append(view)
         return view
+
+    def _show_status_again(self) -> None:
+        """`%load_ext trace_ext` once it is loaded: the status, rather than IPython's "already loaded"."""
+        if in_a_cell(self.shell):
+            self.status_display().show()
+
+    def _on_state(self, change) -> None:
+        """Copy the sender's retry schedule into the status, so displays can say when and how often."""
+        state = change["new"]
+        with self.status.lock, self.status.hold_trait_notifications():
+            if state in (DeliveryState.RETRYING, DeliveryState.PAUSED):
+                # Set by the sender before it writes the state (Sender._schedule_retry).
+                self.status.next_try = getattr(self.sender, "_retry_at", None) or None
+                self.status.attempts = getattr(self.sender, "_attempt", 0)
+            elif state == DeliveryState.IDLE:
+                self.status.next_try, self.status.attempts = None, 0
 
     def _close_displays(self) -> None:
         for view in self._displays:
@@ -278,8 +303,20 @@ class Extension:
         self._displays.clear()
 
     def flush(self, timeout: float) -> DeliveryReport:
+        """Deliver what is stored, wait up to ``timeout`` s; the report says where the store stands."""
         self.save()
-        return self.sender.flush(timeout)
+        report = self.sender.flush(timeout)
+        with self.status.lock:
+            return dataclasses.replace(
+                report, delivered=self.status.sent, failed_total=self.status.failed,
+                reason=self.status.last_error if (report.pending or self.status.failed) else "",
+            )
+
+    def retry_now(self) -> str:
+        """The widget's "Retry now": failed spans queued again, and a try at once (up to 5 s)."""
+        requeued = self.retry_failed() if self.status.failed else ""
+        report = self.flush(5.0)
+        return " ".join(filter(None, [requeued, str(report)]))
 
     def view(self, count: int) -> TraceView:
         self.save()
