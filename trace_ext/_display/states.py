@@ -251,9 +251,11 @@ _LIVE_CSS = (
     ".trace-ext-box.jupyter-widgets-disconnected .trace-ext-buttons{display:none !important}"
 )
 # Reopened without the kernel, the widget's output says "Loading widget..." and then
-# "Error displaying widget: model not found": text, no elements, and (unlike every
-# other renderer's output) no data-mime-type. Hide it beside the saved status, which is true.
+# "Error displaying widget: model not found": text in a renderer that (unlike every
+# other renderer's output) has no data-mime-type. In an output area with a saved
+# status and no live widget drawn, hide it: the saved status beside it is true.
+# (:has() cannot be nested, hence the two conditions on the output area.)
 _SAVED_CSS = (
-    ".jp-OutputArea:has(.trace-ext-saved) > .jp-OutputArea-child:has("
-    "> .jp-OutputArea-output:not([data-mime-type]):not(:has(*))){display:none}"
+    ".jp-OutputArea:has(.trace-ext-saved):not(:has(.trace-ext-box)) > "
+    ".jp-OutputArea-child:has(> .jp-OutputArea-output:not([data-mime-type])){display:none}"
 )

@@ -129,9 +129,11 @@ class StatusDisplay:
     def _widget_bundle(self) -> dict:
         data = self._box._repr_mimebundle_()
         data = dict(data[0] if isinstance(data, tuple) else data)
-        # The widget's own fallbacks: what a frontend without widgets shows at display time.
+        # The widget's own fallbacks. Text for consoles (read at display time). No status in
+        # HTML: nbconvert, GitHub and untrusted notebooks render this output's HTML, and the
+        # status at display time would contradict the saved copy just below, which is current.
         data["text/plain"] = status_text(self._status)
-        data["text/html"] = status_html(self._status, live=False)
+        data["text/html"] = '<span class="trace-ext-widget-fallback"></span>'
         return data
 
     # -- keeping it current ---------------------------------------------------------------
