@@ -205,8 +205,9 @@ class JupyterServer:
 
     def url(self, name: str, app: str | None = None) -> str:
         app = app or self.app
-        prefix = "lab/tree" if app == "lab" else "notebooks"
-        return f"{self.base_url}/{prefix}/{name}?token={self.token}"
+        if app == "lab":  # reset: don't restore the tabs an earlier test left open (one workspace per server)
+            return f"{self.base_url}/lab/tree/{name}?reset&token={self.token}"
+        return f"{self.base_url}/notebooks/{name}?token={self.token}"
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(
