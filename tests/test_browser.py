@@ -98,7 +98,7 @@ def test_live_widget_reaches_all_delivered_and_its_buttons_answer(lab, chromium,
     assert "0 pending · 3 sent · 0 failed" in shown
     assert shown.count("trace_ext") == 1, shown  # the saved copy is hidden while the widget lives
     assert page.locator(".trace-ext-backlog:visible").count() == 0  # no bar without a backlog
-    page.wait_for_function("() => /last \\d+ s ago/.test(document.body.innerText)")  # relative, and ticking
+    page.wait_for_function("() => /the last one \\d+ s ago/.test(document.body.innerText)")  # relative, and ticking
     screenshot(page, "lab-delivered", cell=1)
 
     page.get_by_role("button", name="Flush").click()

@@ -92,3 +92,68 @@ def test_every_rendering_carries_the_same_status():
     for text in bundle.values():
         assert "2 pending · 5 sent · 1 failed" in text and "cloud.example:443" in text
         assert "HTTP 503" in text and "retrying" in text
+
+
+def test_each_state_reads_at_a_glance():
+    from trace_ext._display import states
+
+    now = 1_000_000.0
+
+    def line(sending_since=None, **traits) -> str:
+        status = DeliveryStatus(destination="h:1", **traits)
+        status.sending_since = sending_since  # after the state: it starts the clock itself
+        return states.text(states.read(status, now=now))
+
+    assert "Ready — Nothing recorded yet" in line(state="idle")  # not a green "delivered" at 0 sent
+    assert "All 12 spans delivered to h:1, the last one 2 s ago" in line(state="idle", sent=12, last_delivery=now - 2)
+    retrying = line(state="retrying", pending=3, attempts=2, next_try=now + 4, last_error="h:1 answered HTTP 503; retrying.")
+    assert "HTTP 503" in retrying and "3 spans safe on disk; next try in 4 s (attempt 3)" in retrying
+    # Between tries the sender is "sending": still read as retrying, not as all well.
+    assert "Retrying" in line(state="sending", pending=3, attempts=2, last_error="x")
+    waiting = line(state="sending", pending=3, sending_since=now - 3)
+    assert "Waiting for an answer from h:1 for 3 s; 3 spans safe on disk" in waiting
+    assert "Sending 3 spans" in line(state="sending", pending=3, sending_since=now - 1)
+    paused = line(state="paused", pending=2, last_error="h:1 rejected the credentials (HTTP 401). Set %config TraceExt.headers.")
+    assert "Paused for credentials" in paused and "2 spans safe on disk" in paused and "[paused]" in paused
+    failed = line(state="idle", sent=3, failed=2, last_error="h:1 refused the span (HTTP 400).")
+    assert "2 spans failed: h:1 refused the span (HTTP 400). `%trace retry` sends them again" in failed
+    assert "are sent the next time trace_ext loads" in line(state="stopped", pending=4)
+    # The saved flavour is read later: clock times and the moment of the last update, never "ago".
+    saved = states.text(states.read(DeliveryStatus(destination="h:1", state="idle", sent=1, last_delivery=now - 2),
+                                    now=now, live=False), live=False)
+    assert "ago" not in saved and "the last one at " in saved and "status as of" in saved
+
+
+def test_backlog_bar_counts_the_current_backlog_only():
+    from trace_ext._display import states
+
+    status = DeliveryStatus(destination="h:1", state="sending", sent=1000)
+    status.pending = 10  # a new backlog begins: the 1000 sent earlier are not part of it
+    status.sent += 4
+    status.pending = 6
+    assert states.read(status).backlog == (4, 10)
+    status.pending = 0
+    status.state = "idle"
+    assert states.read(status).backlog is None  # no bar without a backlog
+
+
+def test_load_ext_again_shows_the_status_and_the_saved_copy_follows(start_kernel, receiver):
+    kernel = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
+    first = kernel.ok("%load_ext trace_ext")
+    [widget, saved] = first.displays
+    assert WIDGET_MIME in widget["data"] and WIDGET_MIME not in saved["data"]
+    display_id = saved["transient"]["display_id"]
+    kernel.ok(THREE_SPANS)
+
+    def saved_updated() -> bool:
+        return any(
+            m["msg_type"] == "update_display_data" and m["content"]["transient"]["display_id"] == display_id
+            and "0 pending · 3 sent · 0 failed" in m["content"]["data"]["text/plain"]
+            for m in kernel.messages
+        )
+
+    assert kernel.wait_for(saved_updated, timeout=20)  # the notebook file keeps the delivered counts
+    again = kernel.ok("%load_ext trace_ext")
+    assert "already loaded" not in again.stdout
+    assert [WIDGET_MIME in d["data"] for d in again.displays] == [True, False]
+    assert "0 pending · 3 sent · 0 failed" in again.displays[1]["data"]["text/plain"]

@@ -130,10 +130,14 @@ def _read(s: DeliveryStatus, now: float, live: bool) -> Reading:
             used_error = bool(reason)
             sentence = f"{reason or host + ' rejected the credentials.'} {safe}; sending resumes as soon as the credentials change."
             reading = Reading("paused", "error", "Paused for credentials", sentence)
+        elif waited >= WAITING_AFTER:
+            attempt = f" (attempt {s.attempts + 1})" if s.attempts else ""
+            sentence = f"Waiting for an answer from {host} for {int(waited)} s{attempt}; {safe}."
+            reading = Reading("waiting", "warn", "Waiting for an answer", sentence)
         elif retrying:
             used_error = bool(reason)
             if s.state == DeliveryState.SENDING:
-                attempt = f"attempt {s.attempts + 1} under way" + (f", no answer for {int(waited)} s" if waited >= WAITING_AFTER else "")
+                attempt = f"attempt {s.attempts + 1} under way"
             elif s.next_try:
                 wait = s.next_try - now
                 when = (f"next try in {max(int(wait + 0.999), 0)} s" if live else f"next try at {_clock(s.next_try)}")
@@ -142,9 +146,6 @@ def _read(s: DeliveryStatus, now: float, live: bool) -> Reading:
                 attempt = f"{s.attempts} tries so far" if s.attempts else "trying again soon"
             sentence = f"{reason or 'The last request failed.'} {safe}; {attempt}."
             reading = Reading("retrying", "warn", "Retrying", sentence)
-        elif waited >= WAITING_AFTER:
-            sentence = f"Waiting for an answer from {host} for {int(waited)} s; {safe}."
-            reading = Reading("waiting", "warn", "Waiting for an answer", sentence)
         elif s.pending:
             reading = Reading("sending", "busy", "Sending", f"Sending {_spans(s.pending)} to {host}; they are safe on disk.")
         elif s.failed:
@@ -156,7 +157,7 @@ def _read(s: DeliveryStatus, now: float, live: bool) -> Reading:
             )
             reading = Reading("failed", "error", "Failed spans", sentence)
         elif s.sent:
-            sentence = f"All {_spans(s.sent)} delivered to {host}{source}, last {_when(s.last_delivery, now, live)}."
+            sentence = f"All {_spans(s.sent)} delivered to {host}{source}, the last one {_when(s.last_delivery, now, live)}."
             reading = Reading("delivered", "ok", "All delivered", sentence)
         else:
             reading = Reading("ready", "off", "Ready", f"Nothing recorded yet; spans will go to {host}{source}.")
