@@ -104,10 +104,10 @@ class StatusDisplay:
                 button = widgets.Button(description=text, tooltip=tip, layout=widgets.Layout(width="auto"))
                 button.on_click(handler)
                 buttons.append(button)
-        row = widgets.HBox(buttons + [self._feedback])
+        row = widgets.HBox(buttons)
         row.add_class("trace-ext-buttons")
         self._buttons = buttons
-        self._box = widgets.VBox([self._label, row, self._out])
+        self._box = widgets.VBox([self._label, row, self._feedback, self._out])
         self._box.add_class("trace-ext-box")
         self._status.observe(self._on_change)
         self._thread = threading.Thread(target=self._run, name="trace_ext-status", daemon=True)
@@ -179,9 +179,10 @@ class StatusDisplay:
     def _say(self, text: str) -> None:
         import html
 
+        # The clock time: an answer from a while ago must not pass for the status now.
         self._feedback.value = (
-            f'<span class="trace-ext-feedback" style="color:var(--jp-content-font-color1, #212121);'
-            f'padding-left:8px">{html.escape(text)}</span>'
+            f'<span class="trace-ext-feedback" style="color:var(--jp-content-font-color1, #212121)">'
+            f'{time.strftime("%H:%M:%S")} · {html.escape(text)}</span>'
         )
 
     def _in_background(self, doing: str, work: Callable[[], str]) -> None:
