@@ -9,6 +9,7 @@ a selection copied to docs/screenshots/.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -211,6 +212,7 @@ def test_dark_theme_keeps_the_status_readable(lab, chromium, tmp_path):
     wait_state(page, "local")
     page.wait_for_function("() => /3 spans stored locally/.test(document.body.innerText)")
     screenshot(page, "lab-local", cell=1)
+    worst_by_theme = {}
     for theme in ("JupyterLab Light", "JupyterLab Dark"):
         command(page, "apputils:change-theme", {"theme": theme})
         page.wait_for_function(
@@ -220,6 +222,9 @@ def test_dark_theme_keeps_the_status_readable(lab, chromium, tmp_path):
         assert ratios, "no visible status text"
         worst = min(ratios, key=lambda r: r["ratio"])
         assert worst["ratio"] >= 4.5, (theme, worst)
+        worst_by_theme[theme] = worst
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "contrast.json").write_text(json.dumps(worst_by_theme, indent=1))  # for the reviewer
     screenshot(page, "lab-dark-local", cell=1)
     command(page, "apputils:change-theme", {"theme": "JupyterLab Light"})
 
