@@ -205,8 +205,9 @@ class JupyterServer:
 
     def url(self, name: str, app: str | None = None) -> str:
         app = app or self.app
-        prefix = "lab/tree" if app == "lab" else "notebooks"
-        return f"{self.base_url}/{prefix}/{name}?token={self.token}"
+        if app == "lab":  # reset: don't restore the tabs an earlier test left open (one workspace per server)
+            return f"{self.base_url}/lab/tree/{name}?reset&token={self.token}"
+        return f"{self.base_url}/notebooks/{name}?token={self.token}"
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(
@@ -320,6 +321,49 @@ def run_all(page, timeout: float = 90) -> None:
     wait_idle(page, timeout)
 
 
+def run_cell(page, index: int, timeout: float = 60) -> None:
+    """Select cell ``index`` and press Shift+Enter in it, as a person would."""
+    page.evaluate(
+        "(i) => { const nb = window.jupyterapp.shell.currentWidget.content; nb.activeCellIndex = i; nb.mode = 'command'; }",
+        index,
+    )
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+    wait_idle(page, timeout)
+
+
+CONTRAST = r"""(selector) => {
+    // WCAG 2 contrast of each text element under selector against what is painted behind it.
+    const parse = c => { const m = c.match(/[\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+    const lum = ([r, g, b]) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                                 return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+    const background = el => {
+        const layers = [];
+        for (let e = el; e; e = e.parentElement) {
+            const c = parse(getComputedStyle(e).backgroundColor);
+            if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+        }
+        let rgb = [255, 255, 255];
+        for (const c of layers.reverse()) rgb = rgb.map((v, i) => c[i] * c[3] + v * (1 - c[3]));
+        return rgb;
+    };
+    const out = [];
+    for (const el of document.querySelectorAll(selector)) {
+        if (!el.offsetParent || !el.innerText.trim() || el.closest('[aria-hidden]')) continue;
+        const bg = background(el), fg = parse(getComputedStyle(el).color);
+        const rgb = fg.slice(0, 3).map((v, i) => v * fg[3] + bg[i] * (1 - fg[3]));
+        const [a, b] = [lum(rgb), lum(bg)].sort((x, y) => y - x);
+        out.push({text: el.innerText.slice(0, 40), ratio: (a + 0.05) / (b + 0.05)});
+    }
+    return out;
+}"""
+
+
+def contrasts(page, selector: str) -> list[dict]:
+    """[{text, ratio}] for each visible element under ``selector`` (WCAG contrast ratio)."""
+    return page.evaluate(CONTRAST, selector)
+
+
 def status_text(page) -> str:
     """The visible text of every trace_ext status on the page (live or saved)."""
     return page.evaluate(
@@ -328,10 +372,13 @@ def status_text(page) -> str:
     )
 
 
-def screenshot(page, name: str, selector: str | None = None) -> Path:
+def screenshot(page, name: str, selector: str | None = None, cell: int | None = None) -> Path:
+    """Save a screenshot (of ``selector``, or of the notebook's cell number ``cell``, or the page)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    if selector:
+    if cell is not None:
+        page.locator(".jp-Notebook .jp-Cell").nth(cell).screenshot(path=str(path))
+    elif selector:
         page.locator(selector).first.screenshot(path=str(path))
     else:
         page.screenshot(path=str(path))

@@ -72,7 +72,7 @@ def test_exit_with_backend_down_is_bounded_and_the_next_kernel_sends(start_kerne
     receiver.default = None
     again = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
     again.ok("%load_ext trace_ext")
-    assert again.ok("%trace flush --timeout 10").stdout.startswith("Sent 2 spans")
+    assert again.ok("%trace flush --timeout 10").stdout.startswith("All 2 spans delivered")
     assert sorted(s.name for s in receiver.spans) == ["inner", "survivor"]
     assert len(set(receiver.span_ids())) == len(receiver.span_ids())
 
@@ -169,7 +169,9 @@ def test_public_flush_returns_a_delivery_report(start_kernel, receiver):
     kernel.ok(NESTED.format(name="reported"))
     report = kernel.value("vars(__import__('trace_ext').flush(10))")
     assert report == {"sent": 2, "failed": 0, "pending": 0, "local": 0,
-                      "destination": f"127.0.0.1:{receiver.port}", "timed_out": False}
+                      "destination": f"127.0.0.1:{receiver.port}", "timed_out": False,
+                      # where the store stands: delivered / failed since load, and why not, if not
+                      "delivered": 2, "failed_total": 0, "reason": ""}
 
 
 def test_retry_sends_spans_that_failed_once_the_cause_is_fixed(start_kernel, receiver):

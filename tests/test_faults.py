@@ -153,7 +153,7 @@ def test_backend_down_for_20_cells_then_up_delivers_each_span_once(start_kernel,
     receiver.start()  # same port
     # The sender is backing off; asking for a flush tries at once instead of waiting it out.
     out = flushed(kernel, 10)
-    assert out.startswith("Sent 40 spans"), out
+    assert out.startswith("All 40 spans delivered"), out
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=40)
     names = Counter(s.name for s in receiver.spans)
     assert names == Counter([f"down-{i}" for i in range(20)] + [f"inner-down-{i}" for i in range(20)])

@@ -32,7 +32,7 @@ def test_traced_cell_arrives_in_phoenix_with_its_nested_span(phoenix, start_kern
     run = kernel.ok(PHOENIX_CELL)
     assert run.result["data"]["text/plain"] == "'FORTY-TWO'"
     report = kernel.ok("%trace flush --timeout 30").stdout
-    assert report.startswith("Sent 2 spans") and "0 still pending" in report, report
+    assert report.startswith("All 2 spans delivered") and "0 still pending" in report, report
 
     trace_id = kernel.value(
         "[t for t in __import__('trace_ext._extension', fromlist=['x']).active().store.recent_traces(1)][0][0].trace_id"

@@ -18,7 +18,6 @@ import uuid
 from contextlib import contextmanager
 
 from IPython.core.error import UsageError
-from IPython.display import display
 
 from ._capture import threads
 from ._capture.cells import CellTracer, run_body_as_cell, watch_error_reports
@@ -30,11 +29,11 @@ from ._delivery.destination import (
 )
 from ._delivery.sender import Sender
 from ._delivery.status import DeliveryReport, DeliveryState, DeliveryStatus
-from ._display.magics import TraceMagics, wrap_config_magic
 from ._display.links import backend_of
+from ._display.magics import TraceMagics, wrap_config_magic, wrap_load_ext_magic
 from ._display.traces import Query
 from ._display.view import TraceView, trace_view
-from ._display.widget import StatusDisplay, in_a_cell
+from ._display.widget import Actions, StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._redact import Redactor, secrets_of
 from ._sdks.sdks import Sdks
@@ -109,11 +108,14 @@ class Extension:
         self.magics = TraceMagics(shell, self)
         shell.register_magics(self.magics)
         self._restore_config = wrap_config_magic(shell, s)
+        # Running the `%load_ext trace_ext` cell again shows the status again.
+        self._restore_load_ext = wrap_load_ext_magic(shell, self._show_status_again)
         shell.configurables.append(s)
         s.observe(self._on_setting)
+        self.status.observe(self._on_state, "state")
         atexit.register(self._at_exit)
         if s.widget and in_a_cell(shell):
-            display(self.status_display())
+            self.status_display().show()
 
     def unload(self, reloading: bool = False) -> None:
         """Take everything apart; when ``reloading`` (``%reload_ext``), the open cell span
@@ -121,6 +123,7 @@ class Extension:
         shell, s = self.shell, self.settings
         atexit.unregister(self._at_exit)
         s.unobserve(self._on_setting)
+        self._restore_load_ext()
         if s in shell.configurables:
             shell.configurables.remove(s)
         self._restore_config()
@@ -144,6 +147,7 @@ class Extension:
         self.processor.deactivate()
         self.sdks.stop()  # other SDKs' exporters are theirs again
         self._stop_delivery(deadline)
+        self.status.unobserve(self._on_state, "state")
         self.store.close()
         self._close_displays()
 
@@ -169,6 +173,8 @@ class Extension:
             # them would only slow the exit down.
             self.processor.deactivate()
             report = self._stop_delivery(deadline)
+            for view in self._displays:  # the notebook file keeps this last word
+                view.final_update()
             # Closed here, within the time limit: left to the interpreter's teardown, the
             # connections' finalizers made the kernel's exit 0.7 s slower.
             self.store.close()
@@ -271,6 +277,7 @@ class Extension:
         self._update_redactor()
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.destination = destination.host if destination else ""
+            self.status.destination_source = destination.source if destination else ""
             if destination is None:
                 self.status.state = DeliveryState.EMBEDDED
             elif self.status.state is DeliveryState.EMBEDDED:
@@ -297,7 +304,7 @@ class Extension:
             self._store_watch.apply_retention(self.settings)
         elif name == "widget":
             if change["new"]:
-                display(self.status_display())
+                self.status_display().show()
             else:
                 self._close_displays()
 
@@ -341,9 +348,26 @@ class Extension:
 
     def status_display(self) -> StatusDisplay:
         in_kernel = getattr(self.shell, "kernel", None) is not None
-        view = StatusDisplay(self.status, use_widget=self.settings.widget and in_kernel)
+        actions = Actions(flush=self.flush, retry_now=self.retry_now, show=lambda: self.view(5))
+        view = StatusDisplay(self.status, use_widget=self.settings.widget and in_kernel, actions=actions)
         self._displays.append(view)
         return view
+
+    def _show_status_again(self) -> None:
+        """`%load_ext trace_ext` once it is loaded: the status, rather than IPython's "already loaded"."""
+        if in_a_cell(self.shell):
+            self.status_display().show()
+
+    def _on_state(self, change) -> None:
+        """Copy the sender's retry schedule into the status, so displays can say when and how often."""
+        state = change["new"]
+        with self.status.lock, self.status.hold_trait_notifications():
+            if state in (DeliveryState.RETRYING, DeliveryState.PAUSED):
+                # Set by the sender before it writes the state (Sender._schedule_retry).
+                self.status.next_try = getattr(self.sender, "_retry_at", None) or None
+                self.status.attempts = getattr(self.sender, "_attempt", 0)
+            elif state == DeliveryState.IDLE:
+                self.status.next_try, self.status.attempts = None, 0
 
     def _close_displays(self) -> None:
         for view in self._displays:
@@ -351,12 +375,24 @@ class Extension:
         self._displays.clear()
 
     def flush(self, timeout: float) -> DeliveryReport:
+        """Deliver what is stored, wait up to ``timeout`` s; the report says where the store stands."""
         deadline = time.monotonic() + max(timeout, 0.0)
         sent, failed = self.status.sent, self.status.failed
         self.saver.sync(timeout)  # the sender sends from the store: import the journal first
         report = self.sender.flush(max(deadline - time.monotonic(), 0.0))
-        # What was sent while the journal was imported counts too.
-        return dataclasses.replace(report, sent=self.status.sent - sent, failed=self.status.failed - failed)
+        with self.status.lock:
+            # What was sent while the journal was imported counts too.
+            return dataclasses.replace(
+                report, sent=self.status.sent - sent, failed=self.status.failed - failed,
+                delivered=self.status.sent, failed_total=self.status.failed,
+                reason=self.status.last_error if (report.pending or self.status.failed) else "",
+            )
+
+    def retry_now(self) -> str:
+        """The widget's "Retry now": failed spans queued again, and a try at once (up to 5 s)."""
+        requeued = self.retry_failed() if self.status.failed else ""
+        report = self.flush(5.0)
+        return " ".join(filter(None, [requeued, str(report)]))
 
     def view(self, query: Query) -> TraceView:
         self.saver.sync(2.0)  # the view reads the store: import the journal first

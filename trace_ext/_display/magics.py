@@ -22,7 +22,7 @@ from .._store.export import export_json_lines
 from .traces import parse_since, trace_prefix
 from .view import FILTER_USAGE, add_filter_arguments, query_from
 
-__all__ = ["TraceMagics", "wrap_config_magic"]
+__all__ = ["TraceMagics", "wrap_config_magic", "wrap_load_ext_magic"]
 
 _LINE_COMMANDS = "status, flush [--timeout SECONDS], show [N] [filters], send, export FILE or retry"
 SHOW_LIMIT = 20  # traces %trace show lists unless told
@@ -70,7 +70,8 @@ class TraceMagics(Magics):
         Line magic::
 
             %trace status              show delivery status (pending / sent / failed)
-            %trace flush [--timeout S] wait up to S seconds (default 10) for delivery
+            %trace flush [--timeout S] wait up to S seconds (default 10) for delivery, then
+                                       say where the store stands (delivered / pending, why)
             %trace show [N] [filters]  the newest traces: a list whose rows open into waterfalls
                   --limit N  --name TEXT  --errors  --session ID  --user ID  --tag TAG
                   --since AGE|DATE (30m, 1h, 2d, 2026-12-01T14:00)  --trace ID
@@ -88,7 +89,7 @@ class TraceMagics(Magics):
         words = split_words(line, "%trace")
         command, rest = (words[0], words[1:]) if words else ("status", [])
         if command == "status" and not rest:
-            display(self._ext.status_display())
+            self._ext.status_display().show()
         elif command == "flush":
             parser = command_parser("%trace flush", "%trace flush [--timeout SECONDS]")
             parser.add_argument("--timeout", type=float, default=10.0)
@@ -137,6 +138,33 @@ class TraceMagics(Magics):
                 expression = ast.Expression(last.value)
                 return eval(compile(expression, "<trace cell>", "eval"), shell.user_ns)
         return None
+
+
+def wrap_load_ext_magic(shell, show_status: Callable[[], None]) -> Callable[[], None]:
+    """Make ``%load_ext trace_ext``, once loaded, show the status instead of "already loaded".
+
+    Re-running a notebook's setup cell is common; IPython's answer would replace
+    the status in that cell with a line about reloading. Returns the undo function.
+    """
+    magics = shell.magics_manager.magics["line"]
+    original = magics.get("load_ext")
+    if original is None:
+        return lambda: None
+
+    @functools.wraps(original)
+    def load_ext(line: str = ""):
+        if line.strip() == "trace_ext" and "trace_ext" in shell.extension_manager.loaded:
+            show_status()
+            return None
+        return original(line)
+
+    magics["load_ext"] = load_ext
+
+    def restore() -> None:
+        if magics.get("load_ext") is load_ext:
+            magics["load_ext"] = original
+
+    return restore
 
 
 _TRAIT_ERROR = re.compile(r"The '(\w+)' trait of a TraceExt instance")

@@ -1,69 +1,50 @@
-"""The status display: a live widget from stock ipywidgets, with text and HTML fallbacks.
+"""The status display: a live widget from stock ipywidgets, and a saved copy that stays true.
 
-The widget is created and displayed on the cell's thread; afterwards the
-sender only sets its traits (ipykernel >= 7.1 sends those comm messages safely
-from any thread), at most a few times a second. Frontends without widget
-support render the ``text/plain`` or ``text/html`` part of the same bundle.
+While the kernel runs, the widget (state, backlog bar, buttons) is what a
+person sees. Beside it, a second output with a ``display_id`` carries the
+same status as HTML and text; the kernel keeps it current with
+``update_display`` (throttled). A notebook file keeps outputs, not widget
+models: reopened without the kernel, exported with nbconvert, or rendered by
+GitHub, the widget's output can't be drawn (JupyterLab says "Error displaying
+widget: model not found", which the saved copy's CSS hides) and the saved copy
+shows the status as the kernel last updated it. While the widget lives, its
+CSS hides the saved copy, so the cell shows one status, not two.
+
+Widgets are created and displayed on the cell's thread; afterwards one
+daemon thread per display sets their traits (ipykernel >= 7.1 sends those comm
+messages safely from any thread): at most every 0.25 s while counters
+change, every second while a relative time or a countdown is on screen.
+Frontends without widgets (a terminal IPython) get one text line.
 """
 
 from __future__ import annotations
 
-import html
 import threading
 import time
-from typing import Callable
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from .._delivery.status import DeliveryState, DeliveryStatus
+from IPython.display import display, update_display
 
-_TROUBLE = (DeliveryState.RETRYING, DeliveryState.PAUSED, DeliveryState.STOPPED)
+from .._delivery.status import DeliveryStatus
+from . import states
 
-__all__ = ["StatusDisplay", "in_a_cell", "status_html", "status_text"]
+__all__ = ["Actions", "StatusDisplay", "in_a_cell", "status_html", "status_text"]
 
 UPDATE_INTERVAL = 0.25  # seconds between widget updates while counters change
+TICK = 1.0  # seconds between redraws of relative times and countdowns
+SAVED_INTERVAL = 1.0  # seconds between updates of the saved copy while the status changes
+SAVED_HEARTBEAT = 30.0  # seconds: the saved copy's "as of" time moves on even when nothing changes
 
 
-def _when(epoch: float | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "never"
+def status_text(s: DeliveryStatus, live: bool = True) -> str:
+    """The status as one line (plus a line per detail), for terminals and text/plain."""
+    return states.text(states.read(s, live=live), live=live)
 
 
-def _headline(s: DeliveryStatus) -> str:
-    if s.state is DeliveryState.EMBEDDED or not s.destination:
-        text = f"{s.local} span{'' if s.local == 1 else 's'} stored locally (no endpoint configured)"
-        if s.pending:  # left by a kernel that had an endpoint: sent once one is set
-            text += f" · {s.pending} waiting for an endpoint"
-        return text
-    counts = f"{s.pending} pending · {s.sent} sent · {s.failed} failed"
-    return f"{counts} → {s.destination} · last delivery {_when(s.last_delivery)}"
-
-
-def status_text(s: DeliveryStatus) -> str:
-    """One or two lines for terminals and static renderers."""
-    with s.lock:
-        text = f"trace_ext: {_headline(s)}"
-        if s.state in _TROUBLE:
-            text += f" [{s.state}]"
-        if s.store_warning:
-            text += f"\n  store: {s.store_warning}"
-        if s.last_error and s.last_error != s.store_warning:
-            text += f"\n  last error: {s.last_error}"
-        if s.peers:
-            text += f"\n  other SDKs: {s.peers}"
-    return text
-
-
-def status_html(s: DeliveryStatus) -> str:
-    with s.lock:
-        head = html.escape(_headline(s))
-        state = f" <em>({html.escape(str(s.state))})</em>" if s.state in _TROUBLE else ""
-        error = (
-            f'<br><span style="color:#b00020">{html.escape(s.last_error)}</span>'
-            if s.last_error and s.last_error != s.store_warning else ""
-        )
-        if s.store_warning:
-            error = f'<br><span style="color:#b36b00">{html.escape(s.store_warning)}</span>' + error
-        if s.peers:
-            error += f'<br><span style="color:#555">other SDKs: {html.escape(s.peers)}</span>'
-    return f"<span><b>trace_ext</b>: {head}{state}{error}</span>"
+def status_html(s: DeliveryStatus, live: bool = True) -> str:
+    return states.html(states.read(s, live=live), live=live)
 
 
 def in_a_cell(shell) -> bool:
@@ -72,106 +53,182 @@ def in_a_cell(shell) -> bool:
     return kernel is None or bool(kernel.get_parent().get("header"))
 
 
-class _Throttle:
-    """Call ``fn`` at most every ``interval`` seconds, always ending with a last call."""
+@dataclass
+class Actions:
+    """What the buttons do: calls into the loaded extension (this package may not import it)."""
 
-    def __init__(self, fn: Callable[[], None], interval: float) -> None:
-        self._fn, self._interval = fn, interval
-        self._lock = threading.Lock()
-        self._last = 0.0
-        self._timer: threading.Timer | None = None
+    flush: Callable[[float], Any]  # seconds -> DeliveryReport
+    retry_now: Callable[[], str]
+    show: Callable[[], Any]  # -> something to display (the trace view)
 
-    def __call__(self) -> None:
-        with self._lock:
-            wait = self._last + self._interval - time.monotonic()
-            if wait > 0:
-                if self._timer is None:  # a trailing call is already due otherwise
-                    self._timer = threading.Timer(wait, self._fire)
-                    self._timer.daemon = True
-                    self._timer.start()
-                return
-            self._last = time.monotonic()
-        self._fn()
 
-    def _fire(self) -> None:
-        with self._lock:
-            self._timer = None
-            self._last = time.monotonic()
-        self._fn()
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+def _saved_bundle(s: DeliveryStatus) -> dict[str, str]:
+    reading = states.read(s, live=False)
+    return {"text/plain": states.text(reading, live=False), "text/html": states.html(reading, live=False)}
 
 
 class StatusDisplay:
-    """What ``%load_ext trace_ext`` and ``%trace status`` display.
+    """What ``%load_ext trace_ext`` and ``%trace status`` display (``show()``).
 
-    With ``use_widget`` it renders as an ipywidgets view that stays live; its
-    bundle always carries ``text/plain`` and ``text/html`` for other frontends.
+    With ``use_widget`` it is the live widget plus its saved copy; without, a
+    text/plain and text/html bundle (``_repr_mimebundle_``).
     """
 
-    def __init__(self, status: DeliveryStatus, use_widget: bool) -> None:
+    def __init__(self, status: DeliveryStatus, use_widget: bool, actions: Actions | None = None) -> None:
         self._status = status
+        self._actions = actions
         self._box = None
-        self._throttle: _Throttle | None = None
+        self._saved_id = f"trace-ext-status-{uuid.uuid4().hex}"
+        self._saved_shown = False
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
         if use_widget:
             self._build()
+
+    # -- building ---------------------------------------------------------------------
 
     def _build(self) -> None:
         import ipywidgets as widgets  # only when a widget is wanted: it's a heavy import
 
-        self._bar = widgets.IntProgress(
-            value=0, min=0, max=1, description="", layout=widgets.Layout(width="120px")
-        )
         self._label = widgets.HTML(value=status_html(self._status))
-        self._box = widgets.HBox([self._bar, self._label])
-        self._refresh()
-        self._throttle = _Throttle(self._refresh, UPDATE_INTERVAL)
+        self._feedback = widgets.HTML(value="")
+        self._out = widgets.Output()
+        buttons = []
+        if self._actions is not None:
+            for text, tip, handler in (
+                ("Retry now", "Send what is pending now, and queue failed spans again", self._on_retry),
+                ("Flush", "Wait up to 10 s for the pending spans to be delivered", self._on_flush),
+                ("Show traces", "The last 5 traces in the local store (%trace show)", self._on_show),
+            ):
+                button = widgets.Button(description=text, tooltip=tip, layout=widgets.Layout(width="auto"))
+                button.on_click(handler)
+                buttons.append(button)
+        row = widgets.HBox(buttons)
+        row.add_class("trace-ext-buttons")
+        self._buttons = buttons
+        self._box = widgets.VBox([self._label, row, self._feedback, self._out])
+        self._box.add_class("trace-ext-box")
         self._status.observe(self._on_change)
-
-    def _on_change(self, _change) -> None:
-        if self._throttle is not None:
-            self._throttle()
-
-    def _refresh(self) -> None:
-        box = self._box
-        if box is None:
-            return
-        s = self._status
-        with s.lock:
-            done = s.sent + s.failed
-            total = done + s.pending
-            style = {DeliveryState.RETRYING: "warning", DeliveryState.PAUSED: "danger"}.get(s.state, "success" if not s.failed else "warning")
-        with box.hold_sync():
-            self._bar.max = max(total, 1)
-            self._bar.value = done if total else (1 if s.state is not DeliveryState.EMBEDDED else 0)
-            self._bar.bar_style = style
-            self._label.value = status_html(s)
+        self._thread = threading.Thread(target=self._run, name="trace_ext-status", daemon=True)
+        self._thread.start()
 
     @property
     def widget(self):
         return self._box
 
+    def show(self) -> None:
+        """Display the status: the widget and its saved copy, or the text bundle."""
+        if self._box is None:
+            display(self)
+            return
+        display(self._widget_bundle(), raw=True)
+        display(_saved_bundle(self._status), raw=True, display_id=self._saved_id)
+        self._saved_shown = True
+
+    def _widget_bundle(self) -> dict:
+        data = self._box._repr_mimebundle_()
+        data = dict(data[0] if isinstance(data, tuple) else data)
+        # The widget's own fallbacks. Text for consoles (read at display time). No status in
+        # HTML: nbconvert, GitHub and untrusted notebooks render this output's HTML, and the
+        # status at display time would contradict the saved copy just below, which is current.
+        data["text/plain"] = status_text(self._status)
+        data["text/html"] = '<span class="trace-ext-widget-fallback"></span>'
+        return data
+
+    # -- keeping it current ---------------------------------------------------------------
+
+    def _on_change(self, _change) -> None:
+        self._wake.set()  # inside the status lock: only set an event
+
+    def _run(self) -> None:
+        last_label = last_saved = ""
+        saved_at = 0.0
+        while not self._closed.is_set():
+            changed = self._wake.wait(TICK)
+            if self._closed.is_set():
+                return
+            if changed:
+                self._wake.clear()
+            try:
+                label = status_html(self._status)
+                if label != last_label and self._box is not None:
+                    self._label.value = last_label = label
+                now = time.monotonic()
+                if self._saved_shown and now - saved_at >= SAVED_INTERVAL:
+                    bundle = _saved_bundle(self._status)
+                    content = bundle["text/plain"].rsplit("\n", 1)[0]  # without the "as of" line
+                    if content != last_saved or now - saved_at >= SAVED_HEARTBEAT:
+                        update_display(bundle, raw=True, display_id=self._saved_id)
+                        last_saved, saved_at = content, now
+            except Exception:  # a display must never take the kernel down; the next tick tries again
+                pass
+            if changed:
+                self._closed.wait(UPDATE_INTERVAL)
+
+    def final_update(self) -> None:
+        """Bring the saved copy up to date now (unload, kernel exit)."""
+        if self._saved_shown:
+            try:
+                update_display(_saved_bundle(self._status), raw=True, display_id=self._saved_id)
+            except Exception:
+                pass
+
+    # -- the buttons -----------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        import html
+
+        # The clock time: an answer from a while ago must not pass for the status now.
+        self._feedback.value = (
+            f'<span class="trace-ext-feedback" style="color:var(--jp-content-font-color1, #212121)">'
+            f'{time.strftime("%H:%M:%S")} · {html.escape(text)}</span>'
+        )
+
+    def _in_background(self, doing: str, work: Callable[[], str]) -> None:
+        """Button work off the kernel's message thread: a flush may wait seconds."""
+        self._say(doing)
+
+        def run() -> None:
+            try:
+                self._say(work())
+            except Exception as exc:
+                self._say(f"That did not work: {type(exc).__name__}: {exc}")
+
+        threading.Thread(target=run, name="trace_ext-button", daemon=True).start()
+
+    def _on_retry(self, _button) -> None:
+        self._in_background("Trying again now…", self._actions.retry_now)
+
+    def _on_flush(self, _button) -> None:
+        self._in_background("Flushing (up to 10 s)…", lambda: str(self._actions.flush(10.0)))
+
+    def _on_show(self, _button) -> None:
+        self._out.clear_output()
+        with self._out:
+            display(self._actions.show())
+        self._say("The last 5 traces are below.")
+
+    # -- the end ------------------------------------------------------------------------
+
     def close(self) -> None:
-        if self._throttle is not None:
-            self._throttle.cancel()
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
             self._status.unobserve(self._on_change)
+        self.final_update()
         if self._box is not None:
+            # Closing the model makes JupyterLab hide this output and save it as hidden.
+            for child in [self._label, self._feedback, self._out, *self._buttons]:
+                child.close()
             self._box.close()
             self._box = None
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        bundle = {}
         if self._box is not None:
-            self._refresh()  # show current numbers even if an update is still throttled
-            data = self._box._repr_mimebundle_(include=include, exclude=exclude)
-            bundle.update(data[0] if isinstance(data, tuple) else data)
-        bundle["text/plain"] = status_text(self._status)
-        bundle["text/html"] = status_html(self._status)
-        return bundle
+            return self._widget_bundle()
+        # No widget: a snapshot, so its HTML (which a notebook file keeps) says when it was taken.
+        return {"text/plain": status_text(self._status), "text/html": status_html(self._status, live=False)}
 
     def __repr__(self) -> str:
         return status_text(self._status)
