@@ -105,7 +105,7 @@ def test_live_widget_reaches_all_delivered_and_its_buttons_answer(lab, chromium,
     page.get_by_role("button", name="Flush").click()
     page.locator(".trace-ext-feedback", has_text="All 3 spans delivered").wait_for()
     page.get_by_role("button", name="Show traces").click()
-    page.locator(".trace-ext-feedback", has_text="The last 5 traces").wait_for()
+    page.locator(".trace-ext-feedback", has_text="The newest 5 traces").wait_for()
     page.locator(".jp-OutputArea-output .widget-output", has_text="browser-test").wait_for()
     screenshot(page, "lab-buttons", cell=1)
 

@@ -33,7 +33,7 @@ from ._display.links import backend_of
 from ._display.magics import TraceMagics, wrap_config_magic, wrap_load_ext_magic
 from ._display.traces import Query
 from ._display.view import TraceView, trace_view
-from ._display.widget import Actions, StatusDisplay, in_a_cell
+from ._display.widget import SHOWN_BY_BUTTON, Actions, StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._redact import Redactor, secrets_of
 from ._sdks.sdks import Sdks
@@ -348,7 +348,9 @@ class Extension:
 
     def status_display(self) -> StatusDisplay:
         in_kernel = getattr(self.shell, "kernel", None) is not None
-        actions = Actions(flush=self.flush, retry_now=self.retry_now, show=lambda: self.view(5))
+        actions = Actions(
+            flush=self.flush, retry_now=self.retry_now, show=lambda: self.view(Query(limit=SHOWN_BY_BUTTON))
+        )
         view = StatusDisplay(self.status, use_widget=self.settings.widget and in_kernel, actions=actions)
         self._displays.append(view)
         return view

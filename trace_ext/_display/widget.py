@@ -36,6 +36,7 @@ UPDATE_INTERVAL = 0.25  # seconds between widget updates while counters change
 TICK = 1.0  # seconds between redraws of relative times and countdowns
 SAVED_INTERVAL = 1.0  # seconds between updates of the saved copy while the status changes
 SAVED_HEARTBEAT = 30.0  # seconds: the saved copy's "as of" time moves on even when nothing changes
+SHOWN_BY_BUTTON = 5  # traces the "Show traces" button lists (%trace show lists 20)
 
 
 def status_text(s: DeliveryStatus, live: bool = True) -> str:
@@ -99,7 +100,7 @@ class StatusDisplay:
             for text, tip, handler in (
                 ("Retry now", "Send what is pending now, and queue failed spans again", self._on_retry),
                 ("Flush", "Wait up to 10 s for the pending spans to be delivered", self._on_flush),
-                ("Show traces", "The last 5 traces in the local store (%trace show)", self._on_show),
+                ("Show traces", f"The newest {SHOWN_BY_BUTTON} traces in the local store (%trace show)", self._on_show),
             ):
                 button = widgets.Button(description=text, tooltip=tip, layout=widgets.Layout(width="auto"))
                 button.on_click(handler)
@@ -207,7 +208,7 @@ class StatusDisplay:
         self._out.clear_output()
         with self._out:
             display(self._actions.show())
-        self._say("The last 5 traces are below.")
+        self._say(f"The newest {SHOWN_BY_BUTTON} traces are below.")
 
     # -- the end ------------------------------------------------------------------------
 
