@@ -184,7 +184,10 @@ def test_exit_with_a_busy_span_producer_and_a_hanging_backend_is_bounded(start_k
     took = timed_exit(kernel, 2 + 5)
     ours = extension_exit_took(kernel)  # the rest is the kernel's own teardown (see test_faults)
     print(f"exit: trace_ext's part {ours:.2f} s, kernel gone after {took:.2f} s")
-    assert ours <= 2 + 0.5, f"trace_ext's exit work took {ours:.2f} s (shutdown_timeout = 2)"
+    # From the shutdown request to trace_ext's exit handler returning, with a thread that
+    # holds the GIL nonstop: every step waits for it (2.60 s once at a load average of 4),
+    # so this gets the issue's own bound, shutdown_timeout + 1 s.
+    assert ours <= 2 + 1.0, f"trace_ext's exit work took {ours:.2f} s (shutdown_timeout = 2)"
     # The user's thread still makes spans (at no cost to trace_ext, whose processor is
     # inert by then) while the interpreter tears down: at a load average of 11 that took
     # 2.7 s on its own. The whole exit is only checked for being bounded (before: 15 s).

@@ -114,7 +114,7 @@ def flushed(kernel, timeout: float = 30) -> str:
 
 
 def status_text(kernel) -> str:
-    return kernel.ok("%trace status").displays[0]["data"]["text/plain"]
+    return kernel.ok("%trace status").displays[-1]["data"]["text/plain"]  # the saved copy: what a console prints
 
 
 def timed_exit(kernel, limit: float) -> float:

@@ -87,8 +87,10 @@ def test_load_registers_hooks_magics_exit_handler_and_one_widget(kernel, store_p
     loaded = kernel.ok("%load_ext trace_ext")
     widgets = [d for d in loaded.displays if WIDGET_MIME in d["data"]]
     assert len(widgets) == 1, loaded.displays
-    assert "stored locally" in widgets[0]["data"]["text/plain"]
-    assert "text/html" in widgets[0]["data"]
+    # Beside the widget, its saved copy: the one text a console prints.
+    [saved] = [d for d in loaded.displays if WIDGET_MIME not in d["data"]]
+    assert "stored locally" in saved["data"]["text/plain"]
+    assert "text/html" in saved["data"] and "text/plain" not in widgets[0]["data"]
     state = inventory(kernel)
     assert state == {
         "pre": 1, "post": 1, "wrapped": 4, "line_magic": True, "cell_magic": True,

@@ -130,10 +130,11 @@ class StatusDisplay:
     def _widget_bundle(self) -> dict:
         data = self._box._repr_mimebundle_()
         data = dict(data[0] if isinstance(data, tuple) else data)
-        # The widget's own fallbacks. Text for consoles (read at display time). No status in
-        # HTML: nbconvert, GitHub and untrusted notebooks render this output's HTML, and the
-        # status at display time would contradict the saved copy just below, which is current.
-        data["text/plain"] = status_text(self._status)
+        # The widget's own fallbacks carry no status: consoles (`jupyter console`) print this
+        # output's text and nbconvert, GitHub and untrusted notebooks render its HTML, and
+        # the status at display time would repeat, or contradict, the saved copy just
+        # below, which is current. Without text/plain a console prints nothing for it.
+        data.pop("text/plain", None)
         data["text/html"] = '<span class="trace-ext-widget-fallback"></span>'
         return data
 
@@ -220,7 +221,9 @@ class StatusDisplay:
         self.final_update()
         if self._box is not None:
             # Closing the model makes JupyterLab hide this output and save it as hidden.
-            for child in [self._label, self._feedback, self._out, *self._buttons]:
+            # Every widget of the display, the buttons' row too: one left open stays in
+            # ipywidgets' registry, and its buttons' handlers keep the extension alive.
+            for child in [self._label, self._feedback, self._out, *self._buttons, *self._box.children]:
                 child.close()
             self._box.close()
             self._box = None
