@@ -145,6 +145,7 @@ class StatusDisplay:
 
     def _run(self) -> None:
         last_label = last_saved = ""
+        last_state = None
         saved_at = 0.0
         while not self._closed.is_set():
             changed = self._wake.wait(TICK)
@@ -157,10 +158,15 @@ class StatusDisplay:
                 if label != last_label and self._box is not None:
                     self._label.value = last_label = label
                 now = time.monotonic()
-                if self._saved_shown and now - saved_at >= SAVED_INTERVAL:
+                # A new state (sending -> all delivered, say) is saved at once, so a notebook
+                # saved the moment the widget changed keeps it; counters at most every SAVED_INTERVAL.
+                if self._saved_shown:
                     bundle = _saved_bundle(self._status)
                     content = bundle["text/plain"].rsplit("\n", 1)[0]  # without the "as of" line
-                    if content != last_saved or now - saved_at >= SAVED_HEARTBEAT:
+                    state = content.split(" — ", 1)[0]  # "trace_ext: Sending", "trace_ext: Delivered", ...
+                    due = now - saved_at >= SAVED_INTERVAL or state != last_state
+                    if due and content != last_saved or now - saved_at >= SAVED_HEARTBEAT:
+                        last_state = state
                         update_display(bundle, raw=True, display_id=self._saved_id)
                         last_saved, saved_at = content, now
             except Exception:  # a display must never take the kernel down; the next tick tries again
