@@ -513,29 +513,13 @@ class SpanStore:
                 self._leases_checked_at = time.monotonic()
                 take_over_dead(conn, owner, now)
             rows = conn.execute(
-                "SELECT id, origin, size FROM spans WHERE state = ? AND lease_until <= ?"
-                " ORDER BY id LIMIT ?",
+                "SELECT id, size FROM spans WHERE state = ? AND lease_until <= ? ORDER BY id LIMIT ?",
                 (PENDING, now, max_spans),
             ).fetchall()
-            chosen, total = [], 0
-            for span_id, _origin, size in rows:
-                if chosen and total + size > max_bytes:
-                    break
-                chosen.append(span_id)
-                total += size
-            if not chosen:
-                return []
-            marks = ",".join("?" * len(chosen))
-            conn.execute(
-                f"UPDATE spans SET lease_until = ?, lease_owner = ?, attempts = attempts + 1 WHERE id IN ({marks})",
-                (now + lease_seconds, owner.name, *chosen),
-            )
-            if on_disk:
+            claimed = _lease(conn, rows, max_bytes, now + lease_seconds, owner.name)
+            if claimed and on_disk:
                 record_lease(conn, owner, now + lease_seconds)
-            rows = conn.execute(
-                f"SELECT id, origin, payload FROM spans WHERE id IN ({marks}) ORDER BY id", chosen
-            ).fetchall()
-        return [Claimed(*row) for row in rows]
+        return claimed
 
     def _update(self, sql: str, params: tuple, ids: Sequence[int], wait: float = MARK_WAIT) -> None:
         """Short UPDATE ... WHERE id IN (...) transactions, on whichever database holds the ids."""
@@ -772,23 +756,7 @@ class SpanStore:
                 f"SELECT id, size FROM spans WHERE state = ? AND lease_until <= ? AND {where} ORDER BY id LIMIT ?",
                 (LOCAL, now, *params, max_spans),
             ).fetchall()
-            chosen, total = [], 0
-            for span_id, size in rows:
-                if chosen and total + size > max_bytes:
-                    break
-                chosen.append(span_id)
-                total += size
-            if not chosen:
-                return []
-            marks = ",".join("?" * len(chosen))
-            conn.execute(
-                f"UPDATE spans SET lease_until = ?, lease_owner = ?, attempts = attempts + 1 WHERE id IN ({marks})",
-                (now + lease_seconds, owner.name, *chosen),
-            )
-            rows = conn.execute(
-                f"SELECT id, origin, payload FROM spans WHERE id IN ({marks}) ORDER BY id", chosen
-            ).fetchall()
-        return [Claimed(*row) for row in rows]
+            return _lease(conn, rows, max_bytes, now + lease_seconds, owner.name)
 
     # -- the in-memory fallback ---------------------------------------------
 
@@ -1062,3 +1030,22 @@ def open_store(path: str, fallback: bool = False) -> SpanStore:
         store = SpanStore(path, in_memory=exc)
     store.notice = notice
     return store
+
+
+def _lease(conn, rows: Sequence[tuple[int, int]], max_bytes: int, until: float, owner: str) -> list[Claimed]:
+    """Lease the first of ``rows`` (id, size) that fit in ``max_bytes`` (one at least) and read them."""
+    chosen, total = [], 0
+    for span_id, size in rows:
+        if chosen and total + size > max_bytes:
+            break
+        chosen.append(span_id)
+        total += size
+    if not chosen:
+        return []
+    marks = ",".join("?" * len(chosen))
+    conn.execute(
+        f"UPDATE spans SET lease_until = ?, lease_owner = ?, attempts = attempts + 1 WHERE id IN ({marks})",
+        (until, owner, *chosen),
+    )
+    rows = conn.execute(f"SELECT id, origin, payload FROM spans WHERE id IN ({marks}) ORDER BY id", chosen).fetchall()
+    return [Claimed(*row) for row in rows]
