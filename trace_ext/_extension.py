@@ -44,9 +44,7 @@ from .config import settings_from
 
 __all__ = ["Extension", "StoreWatch", "active", "load", "unload"]
 
-IMPORT_WAIT = 0.02  # seconds the post-cell hook waits for the store's lock to import what it saved
 EXIT_SLACK = 0.2  # seconds of shutdown_timeout kept for what follows the sender's shutdown
-IMPORT_BUDGET = 0.05  # seconds the post-cell hook spends importing, at most (then the saver thread goes on)
 
 _ACTIVE: dict[int, "Extension"] = {}
 # A %%trace cell's open span, kept by an extension %reload_ext unloads for the one it loads next.
@@ -72,6 +70,7 @@ class Extension:
         self._store_watch = StoreWatch(self.status)
         self._sending = False  # spans are saved pending (True) or local
         self._pid = os.getpid()  # a child made by os.fork() inherits this object, not the process
+        self._cell_started: float | None = None  # monotonic start of the running cell (see Saver)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -197,6 +196,7 @@ class Extension:
         self.store.forget_after_fork()
 
     def _pre_run_cell(self, info) -> None:
+        self._cell_started = time.monotonic()
         try:
             count = self.shell.execution_count - (1 if info.store_history else 0)
             self.cells.pre_run_cell(info, count)
@@ -211,6 +211,7 @@ class Extension:
             self._after_cell(result)
 
     def _after_cell(self, result) -> None:
+        self._cell_started = None
         try:
             self.cells.post_run_cell(result)
         except Exception as exc:
@@ -235,20 +236,12 @@ class Extension:
     def save(self) -> None:
         """Save buffered spans (to the journal): durable once this returns.
 
-        Then import them on this thread too, for ``IMPORT_BUDGET`` at most and
-        only if the store's lock is free within ``IMPORT_WAIT``, so the store file
-        shows a cell's spans at once; the saver thread imports the rest as soon as
-        the lock is free. Either way the cell never waits on another writer for long.
+        The saver thread imports them into the store (encoding them is part of
+        that) and then wakes the sender: nothing here waits on SQLite's lock,
+        another writer, or the encoding of a big cell's spans.
         """
         self.saver.save()
-        # A round at a time, for IMPORT_BUDGET at most: what is left is the saver thread's.
-        deadline = time.monotonic() + IMPORT_BUDGET
-        while self.saver.backlog() and time.monotonic() < deadline:
-            try:
-                if self.saver.import_now(wait=IMPORT_WAIT, max_rounds=1, older=False):
-                    return
-            except sqlite3.Error:
-                return  # locked, say: the saver thread imports it
+        self.saver.wake()
 
     def _new_saver(self, store) -> Saver:
         def state() -> SpanState:
@@ -264,7 +257,11 @@ class Extension:
         def problem(message: str) -> None:
             self.status.last_error = message
 
-        return Saver(store, self.processor, state, saved, problem, self.status.lock)
+        def cell_time() -> float | None:
+            started = self._cell_started
+            return None if started is None else time.monotonic() - started
+
+        return Saver(store, self.processor, state, saved, problem, self.status.lock, cell_time, self.sender.wake)
 
     def _apply_destination(self) -> None:
         config, destination, warning = sender_config(self.settings, self.sdks.followable())

@@ -1,7 +1,8 @@
 """OpenTelemetry spans to OTLP (protobuf, or JSON) and OTLP responses back.
 
-A span is encoded once, when it ends, into the bytes of an OTLP ``Span``
-message; the store keeps those bytes and the sender concatenates them into a
+A span is taken as plain data when it is saved (:func:`snapshot`) and encoded
+once, off the cell's thread, into the bytes of an OTLP ``Span`` message
+(:func:`encode_snapshot`); the store keeps those bytes and the sender concatenates them into a
 request. Protobuf allows a message to be built by concatenating its fields'
 encodings, so a batch costs no re-encoding.
 """
@@ -33,8 +34,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from ._capture.values import truncate
 
 __all__ = [
-    "OriginCache", "SpanRecord", "attributes_to_dict", "build_request", "clean_text", "decode_span",
-    "encode_span", "parse_response", "to_json",
+    "OriginCache", "Snapshot", "SpanRecord", "attributes_to_dict", "build_request", "clean_text", "decode_span",
+    "encode_snapshot", "encode_span", "parse_response", "snapshot", "to_json",
 ]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -159,57 +160,134 @@ class OriginCache:
         return digest, res_bytes, scope_bytes
 
 
-def encode_span(span, limit: int, origins: OriginCache) -> SpanRecord:
-    """Encode an ended SDK ``ReadableSpan``; string attributes are capped at ``limit``."""
+# A span as plain data (what ``marshal`` writes), taken when it is saved; encoded
+# into OTLP later, off the cell's thread (see ``_store.journal``). Its fields:
+# trace id, span id, parent span id (ints; None), parent is remote, trace flags,
+# trace state (header text), name, kind (the SDK's number), start and end (ns),
+# attributes, dropped attributes, events and links counts, events
+# ``(name, ns, attributes)``, links ``(trace id, span id, attributes)``, status
+# code, status message, origin digest. Strings are already cut at the limit.
+Snapshot = tuple
+
+
+def _plain(value: Any, limit: int, depth: int = 0) -> Any:
+    """``value`` as data ``marshal`` can write, cut as :func:`_any_value` would cut it."""
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= limit else truncate(value, limit)
+    if kind is bool or kind is int or kind is float or value is None:
+        return value
+    try:
+        if isinstance(value, str):
+            return truncate(str.__str__(value), limit)
+        if isinstance(value, int):  # subclasses (an IntEnum) as the number they are
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value[:limit])
+        if isinstance(value, (Mapping, Sequence)) and depth >= _MAX_DEPTH:
+            return f"<{kind.__name__} nested deeper than {_MAX_DEPTH} levels>"
+        if isinstance(value, Mapping):
+            return {(k if type(k) is str else _described(k, limit)): _plain(v, limit, depth + 1)
+                    for k, v in value.items()}
+        if isinstance(value, Sequence):
+            return [_plain(v, limit, depth + 1) for v in value]
+        return _described(value, limit)
+    except Exception as exc:  # a value we can't read must not cost the span
+        return f"<{kind.__name__} value that could not be encoded: {type(exc).__name__}>"
+
+
+def _plain_attributes(attributes: Mapping[str, Any] | None, limit: int) -> dict | None:
+    if not attributes:
+        return None
+    return {(k if type(k) is str else _described(k, limit)): _plain(v, limit) for k, v in attributes.items()}
+
+
+def snapshot(span, limit: int, origins: OriginCache) -> tuple[Snapshot, bytes, bytes]:
+    """An ended SDK ``ReadableSpan`` as plain data, and its resource and scope, encoded."""
     ctx = span.context
     parent = span.parent
-    msg = Span(
-        trace_id=ctx.trace_id.to_bytes(16, "big"),
-        span_id=ctx.span_id.to_bytes(8, "big"),
-        name=clean_text(str(span.name or "")),
-        kind=span.kind.value + 1,  # the SDK counts from INTERNAL=0, OTLP from UNSPECIFIED=0
-        start_time_unix_nano=span.start_time or 0,
-        end_time_unix_nano=span.end_time or 0,
-        attributes=_key_values(span.attributes, limit),
-        dropped_attributes_count=getattr(span, "dropped_attributes", 0),
-        dropped_events_count=getattr(span, "dropped_events", 0),
-        dropped_links_count=getattr(span, "dropped_links", 0),
-        flags=0x100 | (0x200 if parent is not None and parent.is_remote else 0) | int(ctx.trace_flags),
-    )
-    if ctx.trace_state:
-        msg.trace_state = clean_text(ctx.trace_state.to_header())
-    if parent is not None:
-        msg.parent_span_id = parent.span_id.to_bytes(8, "big")
-    for event in span.events:
-        msg.events.add(
-            name=clean_text(str(event.name or "")),
-            time_unix_nano=event.timestamp,
-            attributes=_key_values(event.attributes, limit),
-        )
-    for link in span.links:
-        msg.links.add(
-            trace_id=link.context.trace_id.to_bytes(16, "big"),
-            span_id=link.context.span_id.to_bytes(8, "big"),
-            attributes=_key_values(link.attributes, limit),
-        )
     status = span.status
-    msg.status.code = status.status_code.value
-    if status.description:
-        msg.status.message = clean_text(truncate(str(status.description), limit))
     digest, res_bytes, scope_bytes = origins.get(span.resource, span.instrumentation_scope, limit)
+    snap = (
+        ctx.trace_id,
+        ctx.span_id,
+        parent.span_id if parent is not None else None,
+        parent is not None and parent.is_remote,
+        int(ctx.trace_flags),
+        ctx.trace_state.to_header() if ctx.trace_state else "",
+        _plain(str(span.name or ""), limit),
+        span.kind.value,
+        span.start_time or 0,
+        span.end_time or 0,
+        _plain_attributes(span.attributes, limit),
+        getattr(span, "dropped_attributes", 0),
+        getattr(span, "dropped_events", 0),
+        getattr(span, "dropped_links", 0),
+        [(_plain(str(e.name or ""), limit), e.timestamp, _plain_attributes(e.attributes, limit))
+         for e in span.events] or None,
+        [(link.context.trace_id, link.context.span_id, _plain_attributes(link.attributes, limit))
+         for link in span.links] or None,
+        status.status_code.value,
+        _plain(str(status.description), limit) if status.description else "",
+        digest,
+    )
+    return snap, res_bytes, scope_bytes
+
+
+_UNCUT = 2**62  # the limit for encoding a snapshot: its strings are cut already
+
+
+def encode_snapshot(snap: Snapshot, resource: bytes, scope: bytes) -> SpanRecord:
+    """The OTLP ``Span`` of a :func:`snapshot`, with the columns the store indexes."""
+    (trace_id, span_id, parent_id, parent_remote, flags, trace_state, name, kind, start, end,
+     attributes, dropped_attributes, dropped_events, dropped_links, events, links,
+     status_code, status_message, digest) = snap
+    msg = Span(
+        trace_id=trace_id.to_bytes(16, "big"),
+        span_id=span_id.to_bytes(8, "big"),
+        name=clean_text(name),
+        kind=kind + 1,  # the SDK counts from INTERNAL=0, OTLP from UNSPECIFIED=0
+        start_time_unix_nano=start,
+        end_time_unix_nano=end,
+        attributes=_key_values(attributes, _UNCUT),
+        dropped_attributes_count=dropped_attributes,
+        dropped_events_count=dropped_events,
+        dropped_links_count=dropped_links,
+        flags=0x100 | (0x200 if parent_remote else 0) | flags,
+    )
+    if trace_state:
+        msg.trace_state = clean_text(trace_state)
+    if parent_id is not None:
+        msg.parent_span_id = parent_id.to_bytes(8, "big")
+    for event_name, at, event_attributes in events or ():
+        msg.events.add(name=clean_text(event_name), time_unix_nano=at,
+                       attributes=_key_values(event_attributes, _UNCUT))
+    for link_trace, link_span, link_attributes in links or ():
+        msg.links.add(trace_id=link_trace.to_bytes(16, "big"), span_id=link_span.to_bytes(8, "big"),
+                      attributes=_key_values(link_attributes, _UNCUT))
+    msg.status.code = status_code
+    if status_message:
+        msg.status.message = clean_text(status_message)
     return SpanRecord(
-        trace_id=_id_hex(ctx.trace_id, 32),
-        span_id=_id_hex(ctx.span_id, 16),
-        parent_id=_id_hex(parent.span_id, 16) if parent is not None else None,
+        trace_id=_id_hex(trace_id, 32),
+        span_id=_id_hex(span_id, 16),
+        parent_id=_id_hex(parent_id, 16) if parent_id is not None else None,
         name=msg.name,  # cleaned: SQLite can't store lone surrogates either
-        start_ns=msg.start_time_unix_nano,
-        end_ns=msg.end_time_unix_nano,
-        status=msg.status.code,
+        start_ns=start,
+        end_ns=end,
+        status=status_code,
         origin=digest,
-        resource=res_bytes,
-        scope=scope_bytes,
+        resource=resource,
+        scope=scope,
         payload=msg.SerializeToString(),
     )
+
+
+def encode_span(span, limit: int, origins: OriginCache) -> SpanRecord:
+    """Encode an ended SDK ``ReadableSpan``; string attributes are capped at ``limit``."""
+    return encode_snapshot(*snapshot(span, limit, origins))
 
 
 def _varint(n: int) -> bytes:

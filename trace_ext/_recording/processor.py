@@ -1,9 +1,11 @@
 """The span processor on the global tracer provider, and the in-memory buffer it fills.
 
 ``on_end`` runs on whatever thread ended the span (the cell's, usually), so it
-only encodes the span and appends it to a list: no I/O, no waiting. The saver
-(``_store.saver``) reads the buffer with :meth:`peek` and empties it with
-:meth:`drop` only once the spans are saved, every 0.2 s and after each cell.
+only appends the span to a list: no copying, no encoding, no I/O, no waiting.
+The saver (``_store.saver``) reads the buffer with :meth:`peek`, which takes
+each span as plain data (redacted, strings cut at the limit), and empties it
+with :meth:`drop` only once the spans are saved, every 0.2 s and after each
+cell. Encoding into OTLP happens later still, when the journal is imported.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 
 from opentelemetry.sdk.trace import SpanProcessor
 
-from .._otlp import OriginCache, SpanRecord, encode_span
+from .._otlp import OriginCache, Snapshot, SpanRecord, encode_snapshot, snapshot
 from .._redact import Redactor, redacted_span
 
 __all__ = ["BufferingSpanProcessor"]
@@ -27,11 +29,11 @@ SAVE_THRESHOLD = 2000
 
 
 class BufferingSpanProcessor(SpanProcessor):
-    """Encodes ended spans into a buffer; inert until :meth:`activate` is called."""
+    """Keeps ended spans in a buffer; inert until :meth:`activate` is called."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._buffer: list[SpanRecord] = []
+        self._buffer: list = []  # ended ReadableSpans, oldest first
         self._origins = OriginCache()
         self._active = False
         self._limit = 32_768
@@ -94,40 +96,42 @@ class BufferingSpanProcessor(SpanProcessor):
         self.record(span)
 
     def record(self, span) -> None:
-        """Encode one ended span into the buffer (also for spans another SDK hands us)."""
-        try:
-            record = encode_span(redacted_span(span, self._redactor), self._limit, self._origins)
-        except Exception:  # a span we can't encode must not break the user's code
-            self.encode_errors += 1
-            log.exception("trace_ext could not encode span %r", getattr(span, "name", "?"))
-            return
+        """Keep one ended span (also for spans another SDK hands us)."""
         with self._lock:
-            self._buffer.append(record)
+            self._buffer.append(span)
             size = len(self._buffer)
-        # Every SAVE_THRESHOLD spans, not only at it: put_back() (a failed store
-        # write) can leave the buffer past the threshold, and saves must go on.
+        # Every SAVE_THRESHOLD spans, not only at it: a failed save leaves the
+        # buffer past the threshold, and saves must go on.
         if size % SAVE_THRESHOLD == 0 and self._on_full is not None:
             self._on_full()
 
-    def peek(self, limit: int) -> list[SpanRecord]:
-        """The oldest ``limit`` records, left in the buffer (see :meth:`drop`)."""
+    def peek(self, limit: int) -> tuple[int, list[tuple[Snapshot, bytes, bytes]]]:
+        """The oldest ``limit`` spans as snapshots (see :func:`.._otlp.snapshot`),
+        left in the buffer (see :meth:`drop`); and how many spans they were taken
+        from (a span that can't be read is left out, and counted in ``encode_errors``)."""
         with self._lock:
-            return self._buffer[:limit]
+            spans = self._buffer[:limit]
+        taken = []
+        for span in spans:
+            try:
+                taken.append(snapshot(redacted_span(span, self._redactor), self._limit, self._origins))
+            except Exception:  # a span we can't read must not cost the others
+                self.encode_errors += 1
+                log.exception("trace_ext could not encode span %r", getattr(span, "name", "?"))
+        return len(spans), taken
 
     def drop(self, count: int) -> None:
-        """Remove the oldest ``count`` records, once they are saved."""
+        """Remove the oldest ``count`` spans, once they are saved."""
         with self._lock:
             del self._buffer[:count]
 
     def take(self) -> list[SpanRecord]:
+        """Empty the buffer into encoded records: what saving then importing make of it."""
         with self._lock:
-            records, self._buffer = self._buffer, []
-        return records
-
-    def put_back(self, records: list[SpanRecord]) -> None:
-        """Return records that could not be stored, ahead of newer ones."""
-        with self._lock:
-            self._buffer[:0] = records
+            count = len(self._buffer)
+        taken, snapshots = self.peek(count)
+        self.drop(taken)
+        return [encode_snapshot(*s) for s in snapshots]
 
     def buffered(self) -> int:
         return len(self._buffer)

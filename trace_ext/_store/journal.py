@@ -21,6 +21,10 @@ host once its owner's process is gone.
 
 Frame: ``magic, body length, crc32(body)`` then the body, ``marshal`` of
 ``(state, origins, rows)``: each distinct (resource, scope) pair once per frame.
+A row is a span as plain data (``_otlp.snapshot``): saving is only that, and
+encoding into OTLP waits for the import, which runs on the saver thread (or
+in the next kernel), never in the cell. Frames of the first format
+(``TXJ1``, rows already encoded) are still read.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ import uuid
 import zlib
 from typing import Iterator, Sequence
 
-from .._otlp import SpanRecord
+from .._otlp import Snapshot, SpanRecord, encode_snapshot
 
 __all__ = ["Journal", "journal_files", "journal_prefix", "owner_gone", "owner_of", "read_at", "read_frames", "stem_of"]
 
-_MAGIC = b"TXJ1"
+_MAGIC = b"TXJ2"  # rows are snapshots
+_ENCODED = b"TXJ1"  # rows are encoded SpanRecords (journals of trace_ext before snapshots)
 _HEADER = struct.Struct("<4sII")
 # Bytes of journal one import transaction reads at most (a frame may exceed it): about
 # 3,000 small spans, tens of ms of the write lock, which the sender's marks need too.
@@ -63,13 +68,15 @@ def journal_files(store_path: str) -> list[str]:
     return sorted(os.path.join(folder, n) for n in names if n.startswith(start) and n.endswith(".journal"))
 
 
-def encode_frame(records: Sequence[SpanRecord], state: str) -> bytes:
+def encode_frame(snapshots: Sequence[tuple[Snapshot, bytes, bytes]], state: str) -> bytes:
+    """One frame of ``(snapshot, resource, scope)`` triples (see :func:`.._otlp.snapshot`)."""
     origins: dict[bytes, tuple[bytes, bytes]] = {}
     rows = []
-    for r in records:
-        if r.origin not in origins:
-            origins[r.origin] = (r.resource, r.scope)
-        rows.append((r.trace_id, r.span_id, r.parent_id, r.name, r.start_ns, r.end_ns, r.status, r.origin, r.payload))
+    for snap, resource, scope in snapshots:
+        digest = snap[-1]
+        if digest not in origins:
+            origins[digest] = (resource, scope)
+        rows.append(snap)
     body = marshal.dumps((str(state), origins, rows), 4)
     return _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body
 
@@ -84,7 +91,7 @@ def read_at(path: str, offset: int) -> bytes:
         data = os.pread(fd, MAX_READ, offset)
         if len(data) >= _HEADER.size:
             magic, length, _crc = _HEADER.unpack_from(data, 0)
-            if magic == _MAGIC and _HEADER.size + length > len(data):
+            if magic in (_MAGIC, _ENCODED) and _HEADER.size + length > len(data):
                 data = os.pread(fd, _HEADER.size + length, offset)
         return data
     finally:
@@ -92,21 +99,25 @@ def read_at(path: str, offset: int) -> bytes:
 
 
 def read_frames(data: bytes) -> Iterator[tuple[int, str, list[SpanRecord]]]:
-    """``(end offset in data, state, records)`` for each whole, intact frame at the start of ``data``."""
+    """``(end offset in data, state, records)`` for each whole, intact frame at the
+    start of ``data``, its spans encoded (the work saving left for the import)."""
     at = 0
     while at + _HEADER.size <= len(data):
         magic, length, crc = _HEADER.unpack_from(data, at)
         end = at + _HEADER.size + length
-        if magic != _MAGIC or end > len(data):
+        if magic not in (_MAGIC, _ENCODED) or end > len(data):
             return  # cut short (or not a frame): nothing after it can be trusted
         body = data[at + _HEADER.size : end]
         if zlib.crc32(body) != crc:
             return
         state, origins, rows = marshal.loads(body)
-        records = [
-            SpanRecord(t, s, p, n, b, e, st, o, origins[o][0], origins[o][1], payload)
-            for t, s, p, n, b, e, st, o, payload in rows
-        ]
+        if magic == _MAGIC:
+            records = [encode_snapshot(snap, *origins[snap[-1]]) for snap in rows]
+        else:
+            records = [
+                SpanRecord(t, s, p, n, b, e, st, o, origins[o][0], origins[o][1], payload)
+                for t, s, p, n, b, e, st, o, payload in rows
+            ]
         at = end
         yield at, state, records
 
@@ -162,9 +173,9 @@ class Journal:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = 0
 
-    def append(self, records: Sequence[SpanRecord], state: str) -> None:
+    def append(self, snapshots: Sequence[tuple[Snapshot, bytes, bytes]], state: str) -> None:
         """Durable (against a killed process) once this returns; raises OSError (disk full...)."""
-        frame = encode_frame(records, state)
+        frame = encode_frame(snapshots, state)
         if self._fd is None:
             self._open()
         view = memoryview(frame)

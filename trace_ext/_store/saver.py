@@ -9,7 +9,11 @@ SQLite takes them; a lock held elsewhere only delays that import.
 
 So a span is durable within ``SAVE_INTERVAL`` of ending, in a cell or not,
 and the post-cell hook (:meth:`Saver.save`) only appends what the thread has
-not yet saved. The buffer is read, written, and only then emptied (``peek``,
+not yet saved. Saving takes each span as plain data; encoding it into OTLP is
+part of the import. While a cell runs, for its first ``QUIET_CELL`` seconds,
+the thread only saves: the cell shares the interpreter with no encoding, no
+SQLite and no sending of its own spans, and all of that happens once it ends
+(a longer cell has its spans imported, and so sent, while it runs). The buffer is read, written, and only then emptied (``peek``,
 write, ``drop``): an exception anywhere before the write leaves the spans in
 the buffer, none is dropped.
 
@@ -26,7 +30,7 @@ import threading
 import time
 from typing import Callable, Protocol, Sequence
 
-from .._otlp import SpanRecord
+from .._otlp import Snapshot, encode_snapshot
 from .journal import Journal, journal_files, owner_gone, owner_of, stem_of
 from .schema import SpanState
 from .store import SpanStore
@@ -38,13 +42,14 @@ log = logging.getLogger("trace_ext")
 SAVE_INTERVAL = 0.2  # seconds: the longest a span ended outside a cell waits to be durable
 FRAME_SPANS = 2000  # spans per journal frame at most (one frame is imported in one transaction)
 OTHERS_INTERVAL = 5.0  # seconds between looks for journals dead kernels left
+QUIET_CELL = 2.0  # seconds of a running cell during which the saver only saves (see the module doc)
 ROTATE_BYTES = 16 * 2**20  # a fully imported journal file past this size is replaced by a new one
 
 _LIVE_STEMS: set[str] = set()  # journals of this process's savers now running (others here are left over)
 
 
 class Buffer(Protocol):
-    def peek(self, limit: int) -> list[SpanRecord]: ...
+    def peek(self, limit: int) -> tuple[int, list[tuple[Snapshot, bytes, bytes]]]: ...
     def drop(self, count: int) -> None: ...
     def buffered(self) -> int: ...
 
@@ -60,12 +65,16 @@ class Saver:
         on_saved: Callable[[int, SpanState], None],
         on_error: Callable[[str], None],
         count_lock: "threading.RLock | None" = None,
+        cell_time: Callable[[], float | None] = lambda: None,
+        on_imported: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self._buffer = buffer
         self._state = state  # pending while there is a destination, else local
         self._on_saved = on_saved  # (spans saved, their state): the status counters
         self._on_error = on_error  # a one-sentence problem for the status
+        self._cell_time = cell_time  # seconds the running cell has run so far; None between cells
+        self._on_imported = on_imported  # spans reached the store: the sender may send them
         # Held while the store's count of journaled spans and on_saved's counters both move,
         # so whoever sets the counters from the store under it never counts a save twice.
         self._count_lock = count_lock or threading.RLock()
@@ -101,36 +110,38 @@ class Saver:
             # What is there now, not what a busy thread adds meanwhile: this must end.
             left = self._buffer.buffered()
             while left > 0:
-                records = self._buffer.peek(min(left, FRAME_SPANS))
-                if not records:
+                taken, snapshots = self._buffer.peek(min(left, FRAME_SPANS))
+                if not taken:
                     return saved
                 state = self._state()
                 try:
-                    journaled = self._write(records, state)
+                    journaled = self._write(snapshots, state) if snapshots else False
                 except (sqlite3.Error, OSError) as exc:
                     self._on_error(
-                        f"Could not save {len(records)} spans to {self.store.path} ({exc}); "
+                        f"Could not save {len(snapshots)} spans to {self.store.path} ({exc}); "
                         "they are kept in memory and saved again shortly."
                     )
                     return saved
-                self._buffer.drop(len(records))
-                saved += len(records)
-                left -= len(records)
-                with self._count_lock:
-                    if journaled:
-                        self.store.journaled(len(records), state)
-                    self._on_saved(len(records), state)
+                self._buffer.drop(taken)
+                saved += len(snapshots)
+                left -= taken
+                if snapshots:
+                    with self._count_lock:
+                        if journaled:
+                            self.store.journaled(len(snapshots), state)
+                        self._on_saved(len(snapshots), state)
             return saved
 
-    def _write(self, records: Sequence[SpanRecord], state: SpanState) -> bool:
+    def _write(self, snapshots: Sequence[tuple[Snapshot, bytes, bytes]], state: SpanState) -> bool:
         """Write to the journal (True) or, failing that, to the store itself (False)."""
         journal = self.journal
         if journal is not None and not self.store.in_memory:
             try:
-                journal.append(records, state)
+                journal.append(snapshots, state)
                 return True
             except OSError as exc:  # a full disk, say: the store decides (memory mode)
                 log.warning("trace_ext could not write its journal %s (%s)", journal.path, exc)
+        records = [encode_snapshot(*taken) for taken in snapshots]
         kept = self.store.save(records, state)
         if kept < len(records):
             log.warning("trace_ext dropped %d spans: its memory limit was reached", len(records) - kept)
@@ -221,7 +232,12 @@ class Saver:
                 return
             try:
                 self.save()
-                self.import_now()
+                running = self._cell_time()
+                if running is not None and running < QUIET_CELL:
+                    continue  # the import waits for the cell's end, or for QUIET_CELL
+                if self.backlog() or self._older:
+                    self.import_now()
+                    self._on_imported()
                 if time.monotonic() >= self._others_at:
                     self._others_at = time.monotonic() + OTHERS_INTERVAL
                     self._import_others()
