@@ -64,7 +64,12 @@ log = logging.getLogger("trace_ext")
 
 FAILED, LOCAL, PENDING, SENT = SpanState.FAILED, SpanState.LOCAL, SpanState.PENDING, SpanState.SENT
 MEMORY_LIMIT_BYTES = 256 * 2**20  # most bytes the in-memory database may hold
-REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode
+REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode (at first)
+REOPEN_MAX_INTERVAL = 30.0  # ... doubling after each failed attempt, up to this
+# Bytes the write-ahead log is cut back to whenever it starts over: SQLite never shrinks it
+# otherwise, so one burst (a disk-full retry's copy, say) kept its size on a full disk.
+WAL_SIZE_LIMIT = 1 * 2**20
+COPY_ROWS = 500  # rows per transaction copying memory's spans to disk: the log holds one such chunk
 PRUNE_INTERVAL = 60.0  # seconds between retention passes
 MARK_WAIT = 15.0  # seconds a mark (sent, failed, released) waits for the write lock
 ROWS_PER_INSERT = 500  # rows in one INSERT statement (13 columns: well under SQLite's 32,766 variables)
@@ -190,6 +195,7 @@ class SpanStore:
         self._next_id = self._next_origin = MEMORY_IDS
         self._deferred: list[tuple[str, tuple, list[int]]] = []  # disk updates to apply once writable
         self._reopen_at = 0.0
+        self._reopen_interval = REOPEN_INTERVAL
         self._pruned_at = 0.0
         self._leases_checked_at = float("-inf")  # monotonic; the first claim looks for dead kernels' leases
         self._closed = False
@@ -258,6 +264,7 @@ class SpanStore:
             # No automatic checkpoints: one would run inside some cell's COMMIT
             # (~10 ms every ~40 cells). The sender thread checkpoints instead.
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         except BaseException:
             conn.close()
             raise
@@ -769,6 +776,7 @@ class SpanStore:
                 self._memory = conn
                 self._memory_origins.clear()
                 self._generation += 1  # every thread drops its disk connection
+                self._reopen_interval = REOPEN_INTERVAL
                 self._reopen_at = time.monotonic() + REOPEN_INTERVAL
             self._reason = _reason(exc)
         log.warning("trace_ext can't write its span store %s (%s); keeping spans in memory", self.path, self._reason)
@@ -839,6 +847,9 @@ class SpanStore:
             self._reason = _reason(exc)
             return False
         try:
+            # First give back what the log holds: a full disk's failed writes left it grown,
+            # and what was freed would go to it rather than to the spans.
+            self._fold_log(conn)
             conn.executescript(SCHEMA)
             ensure_schema(conn)  # a new file, or one from before leases had owners
             conn.execute("INSERT OR REPLACE INTO probe(id, at) VALUES (1, ?)", (time.time(),))
@@ -847,6 +858,9 @@ class SpanStore:
             self._deferred.clear()
             # Copy the memory's spans in chunks, so a cell's commit waits for one chunk at most.
             while True:
+                # One chunk in the log at a time, never all of memory's spans (outside the
+                # guard: the checkpoint may wait for another kernel's reader).
+                self._fold_log(conn)
                 with self._guard:
                     memory = self._memory
                     if memory is None:
@@ -862,17 +876,23 @@ class SpanStore:
                                     "were saved there", self.path)
                         return True
         except sqlite3.Error as exc:
-            self._reason = str(exc)
+            self._reason = _reason(exc)
             return False
         finally:
             with suppress(sqlite3.Error):
                 conn.close()
 
     @staticmethod
+    def _fold_log(conn: sqlite3.Connection) -> None:
+        """Checkpoint the write-ahead log into the file and cut it to nothing: what it held
+        is in the file then, and the space it took is free for what comes next."""
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    @staticmethod
     def _copy_chunk(memory: sqlite3.Connection, conn: sqlite3.Connection) -> bool:
-        """Move up to CHUNK of the memory's oldest spans to disk (origins mapped to disk
+        """Move up to COPY_ROWS of the memory's oldest spans to disk (origins mapped to disk
         ids) in one transaction; True when that was the last of them."""
-        rows = memory.execute(f"SELECT id, {COLUMNS} FROM spans ORDER BY id LIMIT ?", (CHUNK,)).fetchall()
+        rows = memory.execute(f"SELECT id, {COLUMNS} FROM spans ORDER BY id LIMIT ?", (COPY_ROWS,)).fetchall()
         origins = {o: None for o in {row[8] for row in rows}}
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -892,11 +912,14 @@ class SpanStore:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A full disk's failed COMMIT has rolled back already: a ROLLBACK then fails
+            # ("cannot rollback - no transaction is active") and would hide the reason.
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         if rows:
             memory.execute("DELETE FROM spans WHERE id <= ?", (rows[-1][0],))
-        return len(rows) < CHUNK
+        return len(rows) < COPY_ROWS
 
     # -- retention ---------------------------------------------------------
 
@@ -906,8 +929,10 @@ class SpanStore:
         if self._closed:
             return None
         if self._memory is not None and (force or time.monotonic() >= self._reopen_at):
-            self._reopen_at = time.monotonic() + REOPEN_INTERVAL
-            self._try_disk()
+            if not self._try_disk():
+                # A disk that stays full is not worth a try every 5 s: each one writes some.
+                self._reopen_interval = min(self._reopen_interval * 2, REOPEN_MAX_INTERVAL)
+            self._reopen_at = time.monotonic() + self._reopen_interval
             self._update_warning()
         if not force and time.monotonic() < self._pruned_at:
             return None
