@@ -75,6 +75,7 @@ MARK_WAIT = 15.0  # seconds a mark (sent, failed, released) waits for the write 
 ROWS_PER_INSERT = 500  # rows in one INSERT statement (13 columns: well under SQLite's 32,766 variables)
 IMPORT_PAUSE = 0.02  # seconds between a journal import's transactions: a few GIL switch intervals (5 ms)
 _SQLITE_BUSY_SNAPSHOT = 517  # "database is locked" that no wait can cure (see _write)
+_SQLITE_FULL = 13
 
 
 def _megabytes(size: float) -> str:
@@ -375,8 +376,29 @@ class SpanStore:
         except (OSError, sqlite3.Error) as exc:
             if self._memory is not None or not storage_failure(exc):
                 raise
+            if not self._room_made(exc):
+                self._enter_memory(exc)
+                return method(*args)
+        try:
+            return method(*args)
+        except (OSError, sqlite3.Error) as exc:
+            if self._memory is not None or not storage_failure(exc):
+                raise
             self._enter_memory(exc)
         return method(*args)
+
+    def _room_made(self, exc: BaseException) -> bool:
+        """On a full disk: give the write-ahead log's space back (it only grows between
+        checkpoints, and may hold all that is left); True if that freed any."""
+        if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+            return False
+        try:
+            conn = self._disk()
+            before = os.path.getsize(self.path + "-wal")
+            self._fold_log(conn)
+            return os.path.getsize(self.path + "-wal") < before
+        except (OSError, sqlite3.Error):
+            return False
 
     def save(self, records: Sequence[SpanRecord], state: SpanState) -> int:
         """Write ended spans in one transaction: durable when this returns (unless
@@ -484,6 +506,8 @@ class SpanStore:
                     )
             except (OSError, sqlite3.Error) as exc:
                 if storage_failure(exc) and self._memory is None:
+                    if self._room_made(exc):
+                        continue  # the same frames again, into the space the log gave back
                     self._enter_memory(exc)
                     return imported, offset, False
                 raise
@@ -541,16 +565,20 @@ class SpanStore:
                 # meanwhile would otherwise be sent again).
                 self._deferred.append((sql, params, part))
                 continue
-            try:
-                # Longer than a save's wait: a mark that gives up means the spans are sent
-                # again, and only the sender thread waits here (never a cell).
-                with self._write(wait) as conn:
-                    update_in(conn, sql, params, part, in_transaction=True)
-            except (OSError, sqlite3.Error) as exc:
-                if not storage_failure(exc):
-                    raise
-                self._deferred.append((sql, params, part))
-                self._enter_memory(exc)
+            # Longer than a save's wait: a mark that gives up means the spans are sent
+            # again, and only the sender thread waits here (never a cell).
+            for last_try in (False, True):
+                try:
+                    with self._write(wait) as conn:
+                        update_in(conn, sql, params, part, in_transaction=True)
+                    break
+                except (OSError, sqlite3.Error) as exc:
+                    if not storage_failure(exc):
+                        raise
+                    if last_try or not self._room_made(exc):
+                        self._deferred.append((sql, params, part))
+                        self._enter_memory(exc)
+                        break
 
     def _finish(self, ids: Sequence[int], state: str, note: str | None) -> None:
         # No owner once done: only spans leased right now stay in the lease-owner index.
@@ -576,8 +604,14 @@ class SpanStore:
         if self._closed:
             return
         if self._memory is None:
-            with suppress(sqlite3.Error):  # a full disk must not stop the sender
-                self._disk().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with suppress(sqlite3.Error, OSError):  # a full disk must not stop the sender
+                conn = self._disk()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # A log past its limit (a burst of marks, a copy back from memory) is cut
+                # back now, holding writers off for that one checkpoint: on a nearly full
+                # disk it would otherwise keep the space until the next cell failed for it.
+                if os.path.getsize(self.path + "-wal") > WAL_SIZE_LIMIT:
+                    self._fold_log(conn)
         self.maintain()
 
     def requeue_failed(self) -> int:
