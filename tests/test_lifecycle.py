@@ -193,6 +193,12 @@ def test_reset_aggressive_then_reload_keeps_one_extension_and_delivers_every_spa
     produced = kernel.value("_ids")
     flushed(kernel)
     kernel.ok("%reset -f --aggressive")
+    # The modules the loaded trace_ext runs on (httpcore: imported by the first send) are still the ones in use.
+    kept = kernel.value(
+        "[m in __import__('sys').modules for m in ('trace_ext._otlp', 'google.protobuf.message',"
+        " 'opentelemetry.proto.trace.v1.trace_pb2', 'opentelemetry.trace', 'httpcore')]"
+    )
+    assert kept == [True] * 5, kept
     kernel.ok("%reload_ext trace_ext")
     kernel.ok(f"%config TraceExt.endpoint = {receiver.url!r}")
     kernel.ok(SETUP)
