@@ -370,21 +370,17 @@ class SpanStore:
         return origin_id
 
     def _on_storage_failure(self, method, *args):
-        """``method(*args)``; if the file can't take it, switch to memory and do it there."""
-        try:
-            return method(*args)
-        except (OSError, sqlite3.Error) as exc:
-            if self._memory is not None or not storage_failure(exc):
-                raise
-            if not self._room_made(exc):
-                self._enter_memory(exc)
+        """``method(*args)``; if the file can't take it (even once the log gave its space
+        back), switch to memory and do it there."""
+        for last_try in (False, True):
+            try:
                 return method(*args)
-        try:
-            return method(*args)
-        except (OSError, sqlite3.Error) as exc:
-            if self._memory is not None or not storage_failure(exc):
-                raise
-            self._enter_memory(exc)
+            except (OSError, sqlite3.Error) as exc:
+                if self._memory is not None or not storage_failure(exc):
+                    raise
+                if last_try or not self._room_made(exc):
+                    self._enter_memory(exc)
+                    break
         return method(*args)
 
     def _room_made(self, exc: BaseException) -> bool:
@@ -468,6 +464,7 @@ class SpanStore:
         A file that can't be written switches the store to memory mode (the journal keeps its spans).
         """
         imported, offset, rounds = 0, 0, 0
+        room_made = False  # once per round: a disk that fills again right away means memory mode
         name = os.path.basename(path)
         while self._memory is None and not self._closed:
             if max_rounds is not None and rounds >= max_rounds:
@@ -506,12 +503,14 @@ class SpanStore:
                     )
             except (OSError, sqlite3.Error) as exc:
                 if storage_failure(exc) and self._memory is None:
-                    if self._room_made(exc):
+                    if not room_made and self._room_made(exc):
+                        room_made = True
                         continue  # the same frames again, into the space the log gave back
                     self._enter_memory(exc)
                     return imported, offset, False
                 raise
             offset = end
+            room_made = False
             imported += sum(by_state.values())
             if own:
                 with self._lock:
