@@ -20,6 +20,8 @@ import subprocess
 import time
 from collections import Counter
 
+from .conftest import clean_env, wait_until
+from .kernel import Kernel
 from .otlp_receiver import Hang, Reset, Respond
 
 SETUP = "_ids = []\nfrom opentelemetry import trace as _t"
@@ -452,3 +454,47 @@ def test_a_forked_child_stays_out_of_the_way_and_the_parent_keeps_its_store(star
     assert not [n for n in names if n.startswith("child-")]
     # Every span of the parent's sent once; nothing of the children's arrived.
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=len(produced)) and len(produced) == 15
+
+
+# --------------------------------------------------------------------------- 14
+
+LOGGING_CELL = """
+import logging, threading
+def _fail_in_background():
+    try:
+        raise RuntimeError('background-marker')
+    except RuntimeError:
+        logging.getLogger('trace_ext._delivery.sender').exception('trace_ext sender step failed')
+_thread = threading.Thread(target=_fail_in_background)
+_thread.start(); _thread.join()
+logging.getLogger('trace_ext').warning('trace_ext warning-marker')
+'cell done'
+"""
+
+
+def test_own_log_lines_go_to_the_kernel_log_never_into_a_cell(tmp_path, store_path):
+    # ipykernel 7 points fd 2 at a pipe that lands in the running cell: sys.__stderr__ is the cell.
+    # It does so only outside pytest (PYTEST_CURRENT_TEST turns it off), so this kernel starts without it.
+    log_path = tmp_path / "kernel-stderr.log"
+    current_test = os.environ.pop("PYTEST_CURRENT_TEST", None)
+    try:
+        with open(log_path, "w") as log_file:
+            kernel = Kernel(env=clean_env(TRACE_EXT_STORE_PATH=str(store_path)), cwd=str(tmp_path), stderr=log_file)
+    finally:
+        if current_test is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = current_test
+    try:
+        kernel.ok("%load_ext trace_ext")
+        assert kernel.value("__import__('sys').stderr._should_watch") is True  # fd 2 is captured, as in a user's kernel
+        run = kernel.ok(LOGGING_CELL)
+        after = kernel.ok("%%trace quiet\n1 + 1")  # fd output can trail into the next cell
+        assert wait_until(lambda: "warning-marker" in log_path.read_text(), timeout=10), log_path.read_text()
+        kernel.ok("%trace flush --timeout 5")  # anything still in the fd pipe has reached iopub by now
+        seen = run.text() + after.text() + "".join(
+            m["content"].get("text", "") for m in kernel.messages if m["msg_type"] == "stream"
+        )
+        assert "marker" not in seen and "Traceback" not in seen, seen
+        log = log_path.read_text()
+        assert "[trace_ext] ERROR trace_ext sender step failed" in log and "RuntimeError: background-marker" in log
+    finally:
+        kernel.shutdown(now=True)

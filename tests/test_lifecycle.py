@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 # Records exit handlers as they are registered (atexit can't be listed), so a
@@ -178,3 +180,38 @@ def test_an_existing_tracer_provider_is_reused_not_replaced(kernel, store_path):
     store = SpanStore(str(store_path))
     assert [s.name for [s] in store.recent_traces(5)] == ["shared"]
     store.close()
+
+
+def test_reset_aggressive_then_reload_keeps_one_extension_and_delivers_every_span(start_kernel, receiver, store_path):
+    # %reset --aggressive culls every module imported since start-up, trace_ext's too, while it
+    # stays loaded: fresh copies of protobuf's classes crashed the kernel, a fresh opentelemetry
+    # lost the library spans, and %reload_ext loaded a second trace_ext beside the first.
+    from .test_faults import CELL, SETUP, assert_accounted, flushed, traced_kernel
+
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="before"))
+    produced = kernel.value("_ids")
+    flushed(kernel)
+    kernel.ok("%reset -f --aggressive")
+    # The modules the loaded trace_ext runs on (httpcore: imported by the first send) are still the ones in use.
+    kept = kernel.value(
+        "[m in __import__('sys').modules for m in ('trace_ext._otlp', 'google.protobuf.message',"
+        " 'opentelemetry.proto.trace.v1.trace_pb2', 'opentelemetry.trace', 'httpcore')]"
+    )
+    assert kept == [True] * 5, kept
+    kernel.ok("%reload_ext trace_ext")
+    kernel.ok(f"%config TraceExt.endpoint = {receiver.url!r}")
+    kernel.ok(SETUP)
+    for i in range(3):
+        kernel.ok(CELL.format(name=f"after-{i}"))
+    produced += kernel.value("_ids")
+    flushed(kernel)
+    assert kernel.km.is_alive()
+    hooks = kernel.value(
+        "[sum(type(getattr(cb, '__self__', None)).__module__.startswith('trace_ext')"
+        " for cb in get_ipython().events.callbacks['post_run_cell']),"
+        " sum(t.name == 'trace_ext-sender' and t.is_alive() for t in __import__('threading').enumerate())]"
+    )
+    assert hooks == [1, 1], f"post_run_cell hooks, live senders: {hooks}"
+    assert len(produced) == 8
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=8)

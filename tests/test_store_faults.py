@@ -27,7 +27,7 @@ import pytest
 
 from trace_ext._store.store import LOCAL, MEMORY_IDS, PENDING, SpanStore, open_store
 
-from .conftest import recording_tracer, wait_until
+from .conftest import recording_tracer, require, wait_until
 from .otlp_receiver import Respond
 
 # -- helpers ----------------------------------------------------------------
@@ -483,3 +483,71 @@ def test_retention_settings_are_validated_and_zero_or_none_keeps_everything():
             setattr(settings, name, -1)
         setattr(settings, name, 0)
         setattr(settings, name, None)
+
+
+# Spans with an id the kernel records, and a payload, so a few thousand fill a small disk.
+PRODUCE_IDS = (
+    "from opentelemetry import trace as _t\n"
+    "_tr = _t.get_tracer('bulk')\n"
+    "for _i in range({n}):\n"
+    "    with _tr.start_as_current_span('bulk', attributes={{'i': _i, 'pad': 'x' * 400}}) as _s:\n"
+    "        _ids.append(format(_s.get_span_context().span_id, '016x'))\n"
+)
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until the file system is full, to the last block."""
+    with open(path, "wb", buffering=0) as fh:
+        with pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+
+
+def test_a_disk_full_then_partly_freed_leaves_memory_mode_and_a_kill_loses_nothing(start_kernel, tmp_path):
+    # The retry grew the write-ahead log into the freed space and filled the disk again:
+    # the store stayed in memory, said "cannot rollback - no transaction is active", and a
+    # kill -9 lost what memory held.
+    folder = tmp_path / "small"
+    folder.mkdir()
+    require(_run("mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(folder)),
+            "can't mount a tmpfs here (needs root and mount); this test needs a real small file system")
+    try:
+        path = folder / "spans.sqlite3"
+        # Port 9 (discard) on loopback refuses: every span stays pending, retried.
+        kernel = start_kernel(store=path, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
+        kernel.ok("%load_ext trace_ext\nfrom trace_ext._extension import active\n_ids = []")
+        kernel.ok(PRODUCE_IDS.format(n=200))  # the store and its journal exist while there is room
+        ballast = folder / "ballast"
+        _fill(ballast)
+        for _ in range(6):
+            kernel.ok(PRODUCE_IDS.format(n=500))  # cells go on: no error reaches the user
+        warning = kernel.value("active().store.warning")
+        assert "database or disk is full" in warning and "in memory" in warning, warning
+        assert "cannot rollback" not in warning
+        # Free part of it: room for the spans and about 1.8 MB more. The log's working set between
+        # the sender's checkpoints (its marks rewrite whole pages) reaches ~1.2 MB here; with
+        # less than that left over, the store goes back to memory mode (and says so) until the
+        # next checkpoint. Before the fix, the copy back alone kept ~2.6 MB in the log.
+        with open(ballast, "r+b") as fh:
+            fh.truncate(max(ballast.stat().st_size - 4 * 1024 * 1024, 0))
+        # The sender thread tries the file again, 5 s after the disk filled, then less often.
+        assert wait_until(lambda: not kernel.value("active().store.in_memory"), 60), kernel.value("active().store.warning")
+        log_size = (folder / "spans.sqlite3-wal").stat().st_size
+        assert log_size <= 2**20, f"the write-ahead log kept {log_size} bytes of the freed space"
+        assert kernel.value("active().store.warning") == ""
+        kernel.ok("%trace flush --timeout 0.5")  # the cell's spans saved (journal and store)
+        kernel.ok(PRODUCE_IDS.format(n=100))  # more spans on the recovered disk stay on it
+        state = kernel.value("[active().store.in_memory, active().store.warning]")
+        assert state == [False, ""], (state, {f.name: f.stat().st_size for f in folder.iterdir()})
+        produced = kernel.value("_ids")
+        assert len(produced) == 3300 and len(set(produced)) == 3300
+        os.kill(kernel.pid(), 9)
+        assert wait_until(lambda: not kernel.km.is_alive(), 10)
+        # The next kernel on the store imports what the killed one left in its journal.
+        start_kernel(store=path).ok("%load_ext trace_ext\n%trace flush --timeout 0.5")
+        kept = {span_id for span_id, state in rows(path) if state == "pending"}
+        lost = set(produced) - kept
+        assert not lost, f"a kill -9 after recovery lost {len(lost)} of {len(produced)} spans"
+    finally:
+        if not _run("umount", str(folder)):
+            _run("umount", "-l", str(folder))

@@ -51,6 +51,11 @@ _ACTIVE: dict[int, "Extension"] = {}
 _CELLS_FOR_NEXT_LOAD: dict[int, CellTracer] = {}
 _SESSION_IDS: dict[int, str] = {}  # one per kernel process, kept across %reload_ext
 
+# The packages trace_ext runs on (and trace_ext itself), by their modules' top-level names.
+_RUNS_ON = ("trace_ext", "opentelemetry", "google.protobuf", "google._upb", "httpx", "httpcore", "h11",
+            "anyio", "sniffio", "certifi", "idna", "ipywidgets")
+_RUNS_ON_PACKAGES = tuple(name + "." for name in _RUNS_ON)
+
 
 class Extension:
     """trace_ext loaded into one shell."""
@@ -102,6 +107,8 @@ class Extension:
             taken_over.hand_over(self.cells)
         shell.events.register("pre_run_cell", self._pre_run_cell)
         shell.events.register("post_run_cell", self._post_run_cell)
+        self._modules_seen = 0
+        self._keep_through_reset()
         self._unwrap_cells = run_body_as_cell(shell)
         self._unwatch_errors = watch_error_reports(shell, self.cells.error_reported)
         self.magics = TraceMagics(shell, self)
@@ -217,6 +224,10 @@ class Extension:
         except Exception as exc:
             self._internal_error("ending the cell's span", exc)
         try:
+            self._keep_through_reset()
+        except Exception as exc:
+            self._internal_error("keeping its modules through %reset", exc)
+        try:
             peers_changed = self.sdks.after_cell()
             if peers_changed or self._env != environment_fingerprint():
                 self._env = environment_fingerprint()
@@ -226,6 +237,25 @@ class Extension:
             self.sdks.flush_after_cell()
         except Exception as exc:
             self._internal_error("saving the cell's spans", exc)
+
+    def _keep_through_reset(self) -> None:
+        """Keep the modules trace_ext runs on out of ``%reset --aggressive``'s cull.
+
+        That cull deletes from ``sys.modules`` whatever was imported after the kernel
+        started, but trace_ext stays loaded (its hooks, threads and message classes
+        live on): the next import made fresh copies beside the live ones. A second
+        copy of protobuf's generated classes over the one C extension crashed the
+        kernel; a fresh ``opentelemetry`` lost the global provider and context, and
+        ``%reload_ext`` found no trace_ext to unload and loaded a second one. Modules
+        imported later (httpcore on the first send, say) are added after the cell
+        that imported them; the scan runs only when ``sys.modules`` has grown.
+        """
+        kept = getattr(self.shell, "_sys_modules_keys", None)  # IPython's start-up snapshot
+        if not isinstance(kept, set) or len(sys.modules) == self._modules_seen:
+            return
+        names = list(sys.modules)
+        self._modules_seen = len(names)
+        kept.update(n for n in names if n in _RUNS_ON or n.startswith(_RUNS_ON_PACKAGES))
 
     def _internal_error(self, doing: str, exc: Exception) -> None:
         log.warning("trace_ext failed %s", doing, exc_info=exc)

@@ -64,12 +64,18 @@ log = logging.getLogger("trace_ext")
 
 FAILED, LOCAL, PENDING, SENT = SpanState.FAILED, SpanState.LOCAL, SpanState.PENDING, SpanState.SENT
 MEMORY_LIMIT_BYTES = 256 * 2**20  # most bytes the in-memory database may hold
-REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode
+REOPEN_INTERVAL = 5.0  # seconds between attempts to write to the file again, in memory mode (at first)
+REOPEN_MAX_INTERVAL = 30.0  # ... doubling after each failed attempt, up to this
+# Bytes the write-ahead log is cut back to whenever it starts over: SQLite never shrinks it
+# otherwise, so one burst (a disk-full retry's copy, say) kept its size on a full disk.
+WAL_SIZE_LIMIT = 1 * 2**20
+COPY_ROWS = 500  # rows per transaction copying memory's spans to disk: the log holds one such chunk
 PRUNE_INTERVAL = 60.0  # seconds between retention passes
 MARK_WAIT = 15.0  # seconds a mark (sent, failed, released) waits for the write lock
 ROWS_PER_INSERT = 500  # rows in one INSERT statement (13 columns: well under SQLite's 32,766 variables)
 IMPORT_PAUSE = 0.02  # seconds between a journal import's transactions: a few GIL switch intervals (5 ms)
 _SQLITE_BUSY_SNAPSHOT = 517  # "database is locked" that no wait can cure (see _write)
+_SQLITE_FULL = 13
 
 
 def _megabytes(size: float) -> str:
@@ -190,6 +196,7 @@ class SpanStore:
         self._next_id = self._next_origin = MEMORY_IDS
         self._deferred: list[tuple[str, tuple, list[int]]] = []  # disk updates to apply once writable
         self._reopen_at = 0.0
+        self._reopen_interval = REOPEN_INTERVAL
         self._pruned_at = 0.0
         self._leases_checked_at = float("-inf")  # monotonic; the first claim looks for dead kernels' leases
         self._closed = False
@@ -258,6 +265,7 @@ class SpanStore:
             # No automatic checkpoints: one would run inside some cell's COMMIT
             # (~10 ms every ~40 cells). The sender thread checkpoints instead.
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         except BaseException:
             conn.close()
             raise
@@ -362,14 +370,31 @@ class SpanStore:
         return origin_id
 
     def _on_storage_failure(self, method, *args):
-        """``method(*args)``; if the file can't take it, switch to memory and do it there."""
-        try:
-            return method(*args)
-        except (OSError, sqlite3.Error) as exc:
-            if self._memory is not None or not storage_failure(exc):
-                raise
-            self._enter_memory(exc)
+        """``method(*args)``; if the file can't take it (even once the log gave its space
+        back), switch to memory and do it there."""
+        for last_try in (False, True):
+            try:
+                return method(*args)
+            except (OSError, sqlite3.Error) as exc:
+                if self._memory is not None or not storage_failure(exc):
+                    raise
+                if last_try or not self._room_made(exc):
+                    self._enter_memory(exc)
+                    break
         return method(*args)
+
+    def _room_made(self, exc: BaseException) -> bool:
+        """On a full disk: give the write-ahead log's space back (it only grows between
+        checkpoints, and may hold all that is left); True if that freed any."""
+        if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+            return False
+        try:
+            conn = self._disk()
+            before = os.path.getsize(self.path + "-wal")
+            self._fold_log(conn)
+            return os.path.getsize(self.path + "-wal") < before
+        except (OSError, sqlite3.Error):
+            return False
 
     def save(self, records: Sequence[SpanRecord], state: SpanState) -> int:
         """Write ended spans in one transaction: durable when this returns (unless
@@ -439,6 +464,7 @@ class SpanStore:
         A file that can't be written switches the store to memory mode (the journal keeps its spans).
         """
         imported, offset, rounds = 0, 0, 0
+        room_made = False  # once per round: a disk that fills again right away means memory mode
         name = os.path.basename(path)
         while self._memory is None and not self._closed:
             if max_rounds is not None and rounds >= max_rounds:
@@ -477,10 +503,14 @@ class SpanStore:
                     )
             except (OSError, sqlite3.Error) as exc:
                 if storage_failure(exc) and self._memory is None:
+                    if not room_made and self._room_made(exc):
+                        room_made = True
+                        continue  # the same frames again, into the space the log gave back
                     self._enter_memory(exc)
                     return imported, offset, False
                 raise
             offset = end
+            room_made = False
             imported += sum(by_state.values())
             if own:
                 with self._lock:
@@ -534,16 +564,20 @@ class SpanStore:
                 # meanwhile would otherwise be sent again).
                 self._deferred.append((sql, params, part))
                 continue
-            try:
-                # Longer than a save's wait: a mark that gives up means the spans are sent
-                # again, and only the sender thread waits here (never a cell).
-                with self._write(wait) as conn:
-                    update_in(conn, sql, params, part, in_transaction=True)
-            except (OSError, sqlite3.Error) as exc:
-                if not storage_failure(exc):
-                    raise
-                self._deferred.append((sql, params, part))
-                self._enter_memory(exc)
+            # Longer than a save's wait: a mark that gives up means the spans are sent
+            # again, and only the sender thread waits here (never a cell).
+            for last_try in (False, True):
+                try:
+                    with self._write(wait) as conn:
+                        update_in(conn, sql, params, part, in_transaction=True)
+                    break
+                except (OSError, sqlite3.Error) as exc:
+                    if not storage_failure(exc):
+                        raise
+                    if last_try or not self._room_made(exc):
+                        self._deferred.append((sql, params, part))
+                        self._enter_memory(exc)
+                        break
 
     def _finish(self, ids: Sequence[int], state: str, note: str | None) -> None:
         # No owner once done: only spans leased right now stay in the lease-owner index.
@@ -569,8 +603,14 @@ class SpanStore:
         if self._closed:
             return
         if self._memory is None:
-            with suppress(sqlite3.Error):  # a full disk must not stop the sender
-                self._disk().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with suppress(sqlite3.Error, OSError):  # a full disk must not stop the sender
+                conn = self._disk()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # A log past its limit (a burst of marks, a copy back from memory) is cut
+                # back now, holding writers off for that one checkpoint: on a nearly full
+                # disk it would otherwise keep the space until the next cell failed for it.
+                if os.path.getsize(self.path + "-wal") > WAL_SIZE_LIMIT:
+                    self._fold_log(conn)
         self.maintain()
 
     def requeue_failed(self) -> int:
@@ -769,6 +809,7 @@ class SpanStore:
                 self._memory = conn
                 self._memory_origins.clear()
                 self._generation += 1  # every thread drops its disk connection
+                self._reopen_interval = REOPEN_INTERVAL
                 self._reopen_at = time.monotonic() + REOPEN_INTERVAL
             self._reason = _reason(exc)
         log.warning("trace_ext can't write its span store %s (%s); keeping spans in memory", self.path, self._reason)
@@ -839,6 +880,9 @@ class SpanStore:
             self._reason = _reason(exc)
             return False
         try:
+            # First give back what the log holds: a full disk's failed writes left it grown,
+            # and what was freed would go to it rather than to the spans.
+            self._fold_log(conn)
             conn.executescript(SCHEMA)
             ensure_schema(conn)  # a new file, or one from before leases had owners
             conn.execute("INSERT OR REPLACE INTO probe(id, at) VALUES (1, ?)", (time.time(),))
@@ -847,6 +891,9 @@ class SpanStore:
             self._deferred.clear()
             # Copy the memory's spans in chunks, so a cell's commit waits for one chunk at most.
             while True:
+                # One chunk in the log at a time, never all of memory's spans (outside the
+                # guard: the checkpoint may wait for another kernel's reader).
+                self._fold_log(conn)
                 with self._guard:
                     memory = self._memory
                     if memory is None:
@@ -862,17 +909,23 @@ class SpanStore:
                                     "were saved there", self.path)
                         return True
         except sqlite3.Error as exc:
-            self._reason = str(exc)
+            self._reason = _reason(exc)
             return False
         finally:
             with suppress(sqlite3.Error):
                 conn.close()
 
     @staticmethod
+    def _fold_log(conn: sqlite3.Connection) -> None:
+        """Checkpoint the write-ahead log into the file and cut it to nothing: what it held
+        is in the file then, and the space it took is free for what comes next."""
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    @staticmethod
     def _copy_chunk(memory: sqlite3.Connection, conn: sqlite3.Connection) -> bool:
-        """Move up to CHUNK of the memory's oldest spans to disk (origins mapped to disk
+        """Move up to COPY_ROWS of the memory's oldest spans to disk (origins mapped to disk
         ids) in one transaction; True when that was the last of them."""
-        rows = memory.execute(f"SELECT id, {COLUMNS} FROM spans ORDER BY id LIMIT ?", (CHUNK,)).fetchall()
+        rows = memory.execute(f"SELECT id, {COLUMNS} FROM spans ORDER BY id LIMIT ?", (COPY_ROWS,)).fetchall()
         origins = {o: None for o in {row[8] for row in rows}}
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -892,11 +945,14 @@ class SpanStore:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A full disk's failed COMMIT has rolled back already: a ROLLBACK then fails
+            # ("cannot rollback - no transaction is active") and would hide the reason.
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         if rows:
             memory.execute("DELETE FROM spans WHERE id <= ?", (rows[-1][0],))
-        return len(rows) < CHUNK
+        return len(rows) < COPY_ROWS
 
     # -- retention ---------------------------------------------------------
 
@@ -906,8 +962,10 @@ class SpanStore:
         if self._closed:
             return None
         if self._memory is not None and (force or time.monotonic() >= self._reopen_at):
-            self._reopen_at = time.monotonic() + REOPEN_INTERVAL
-            self._try_disk()
+            if not self._try_disk():
+                # A disk that stays full is not worth a try every 5 s: each one writes some.
+                self._reopen_interval = min(self._reopen_interval * 2, REOPEN_MAX_INTERVAL)
+            self._reopen_at = time.monotonic() + self._reopen_interval
             self._update_warning()
         if not force and time.monotonic() < self._pruned_at:
             return None
