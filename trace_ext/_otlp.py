@@ -30,6 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.sdk.trace import ReadableSpan, _Span
 
 from ._capture.values import truncate
 
@@ -138,8 +139,17 @@ class OriginCache:
         self._lock = threading.Lock()
         self._entries: dict[tuple[int, int], tuple[object, object, bytes, bytes, bytes]] = {}
         self._limit = limit
+        self._last: tuple = (None, None, None, None)
 
     def get(self, resource, scope, attr_limit: int) -> tuple[bytes, bytes, bytes]:
+        last = self._last  # one tracer makes most spans: no key to build, no lookup
+        if last[0] is resource and last[1] is scope and last[2] == attr_limit:
+            return last[3]
+        found = self._get(resource, scope, attr_limit)
+        self._last = (resource, scope, attr_limit, found)
+        return found
+
+    def _get(self, resource, scope, attr_limit: int) -> tuple[bytes, bytes, bytes]:
         key = (id(resource), id(scope))
         entry = self._entries.get(key)
         # The objects are kept in the entry, so an id is never reused while cached.
@@ -201,41 +211,62 @@ def _plain(value: Any, limit: int, depth: int = 0) -> Any:
 def _plain_attributes(attributes: Mapping[str, Any] | None, limit: int) -> dict | None:
     if not attributes:
         return None
-    return {(k if type(k) is str else _described(k, limit)): _plain(v, limit) for k, v in attributes.items()}
+    out = {}
+    for key, value in attributes.items():
+        kind = type(value)
+        # Inline for the common case (a short string, a number: one type test); the rest by _plain.
+        if not ((kind is str and len(value) <= limit) or kind is int or kind is float or kind is bool):
+            value = _plain(value, limit)
+        out[key if type(key) is str else _described(key, limit)] = value
+    return out
 
 
 def snapshot(span, limit: int, origins: OriginCache) -> tuple[Snapshot, bytes, bytes]:
-    """An ended SDK ``ReadableSpan`` as plain data, and its resource and scope, encoded."""
+    """An ended SDK ``ReadableSpan`` as plain data, and its resource and scope, encoded.
+
+    This runs for every span before it is durable (in the post-cell hook, for
+    the last ones of a cell), so it only copies: :func:`encode_snapshot` does the rest."""
     ctx = span.context
     parent = span.parent
     status = span.status
     digest, res_bytes, scope_bytes = origins.get(span.resource, span.instrumentation_scope, limit)
+    name = span.name
+    if type(name) is not str or len(name) > limit:
+        name = _plain(str(name or ""), limit)
+    # The SDK's own fields where it has them: its properties copy (a tuple of the
+    # events, a read-only view of the attributes), and this runs for every span.
+    sdk = type(span) in _SDK_SPANS
+    events = span._events if sdk else span.events
+    links = span._links if sdk else span.links
+    attributes = span._attributes if sdk else span.attributes
+    description = status.description
     snap = (
         ctx.trace_id,
         ctx.span_id,
-        parent.span_id if parent is not None else None,
+        None if parent is None else parent.span_id,
         parent is not None and parent.is_remote,
         int(ctx.trace_flags),
         ctx.trace_state.to_header() if ctx.trace_state else "",
-        _plain(str(span.name or ""), limit),
+        name,
         span.kind.value,
         span.start_time or 0,
         span.end_time or 0,
-        _plain_attributes(span.attributes, limit),
-        getattr(span, "dropped_attributes", 0),
-        getattr(span, "dropped_events", 0),
-        getattr(span, "dropped_links", 0),
+        _plain_attributes(attributes, limit),
+        span.dropped_attributes,
+        span.dropped_events,
+        span.dropped_links,
         [(_plain(str(e.name or ""), limit), e.timestamp, _plain_attributes(e.attributes, limit))
-         for e in span.events] or None,
+         for e in events] if events else None,
         [(link.context.trace_id, link.context.span_id, _plain_attributes(link.attributes, limit))
-         for link in span.links] or None,
+         for link in links] if links else None,
         status.status_code.value,
-        _plain(str(status.description), limit) if status.description else "",
+        _plain(str(description), limit) if description else "",
         digest,
     )
     return snap, res_bytes, scope_bytes
 
 
+_SDK_SPANS = (ReadableSpan, _Span)  # what the SDK hands processors (a copy at end), what it makes
 _UNCUT = 2**62  # the limit for encoding a snapshot: its strings are cut already
 
 

@@ -158,6 +158,9 @@ class Peers:
         self._lock = threading.RLock()
         self._providers: list[tuple[object, int]] = []
         self._seen: list[tuple] = []
+        # (provider's processor list holder, its list as last seen) per provider: what
+        # check() compares, twice per span, so it must cost no more than an identity test.
+        self._watched: list[list] = []
         self._url: str | None = None
         self.peers: list[Peer] = []
         self.generation = 0  # counts rescans: what was followed may have changed
@@ -168,12 +171,16 @@ class Peers:
         with self._lock:
             self._providers.append((provider, since_ns))
             self._seen.append(())
+            self._watched.append([getattr(provider, "_active_span_processor", None), ()])
             self.check()
 
     def check(self) -> None:
-        """Rescan if a processor was added since we last looked (an identity test per provider)."""
-        for index, (provider, _) in enumerate(self._providers):
-            if processors_of(provider) is not self._seen[index]:
+        """Rescan if a processor was added since we last looked (an identity test per provider).
+
+        The SDK adds a processor by making a new tuple of them, so the same tuple
+        object means the same processors."""
+        for watched in self._watched:
+            if getattr(watched[0], "_span_processors", ()) is not watched[1]:
                 self._rescan()
                 return
 
@@ -183,6 +190,8 @@ class Peers:
             for index, (provider, since) in enumerate(self._providers):
                 found = processors_of(provider)
                 self._seen[index] = found
+                multi = getattr(provider, "_active_span_processor", None)
+                self._watched[index] = [multi, getattr(multi, "_span_processors", ())]
                 for processor in found:
                     if processor is not self._ours:
                         peer = describe(processor)
@@ -239,6 +248,7 @@ class Peers:
         with self._lock:
             self._providers.clear()
             self._seen.clear()
+            self._watched.clear()
             self.peers = []
 
     def give_back_after_fork(self) -> None:
