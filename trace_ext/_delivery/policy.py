@@ -137,11 +137,16 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _server_message(response: httpx.Response) -> str:
     """The server's own words about a refusal, short and printable."""
     text = ""
+    content_type = response.headers.get("content-type", "").lower()
     try:
-        if "json" in response.headers.get("content-type", ""):
+        if "json" in content_type:
             body = response.json()
             if isinstance(body, dict):
                 text = str(body.get("message") or body.get("error") or body.get("detail") or body)
+        elif "html" in content_type or response.content.lstrip()[:1] == b"<":
+            # An error page (a proxy's, a framework's): its markup is no reason; the
+            # status code and its phrase say what happened.
+            text = response.reason_phrase or ""
         else:
             text = response.content.decode("utf-8", "replace")
     except Exception:
