@@ -495,3 +495,15 @@ def test_an_otel_headers_item_without_equals_is_reported_by_position_not_ignored
     assert destination.headers == {"x-team": "ml"}
     assert "OTEL_EXPORTER_OTLP_HEADERS has items that are not key=value (item 2)" in warning
     assert "sk-secret" not in warning
+
+
+def test_html_error_page_is_summarised_as_the_status_phrase():
+    # Issue 11 case 13: a 500's raw HTML was shown as the reason.
+    import httpx
+    from trace_ext._delivery.policy import classify
+
+    page = b"<!DOCTYPE html><html><body><h1>Internal Server Error</h1><p>trace</p></body></html>"
+    response = httpx.Response(500, content=page, headers={"content-type": "text/html; charset=utf-8"})
+    reason = classify(response, "collector", 3).reason
+    assert "<" not in reason and "html" not in reason.lower()
+    assert "HTTP 500" in reason and "Internal Server Error" in reason
