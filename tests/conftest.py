@@ -146,6 +146,32 @@ def receiver():
         yield rx
 
 
+def journals_imported(store_path) -> bool:
+    """Whether every journal file beside the store is imported into it to its end: what a
+    kernel saved (its journal) is then in the store file, which the saver thread fills just after a cell."""
+    import os
+    import sqlite3
+
+    from trace_ext._store.journal import journal_files
+
+    if not os.path.exists(store_path):
+        return True
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        offsets = dict(conn.execute("SELECT name, offset FROM journals").fetchall())
+    except sqlite3.OperationalError:
+        offsets = {}
+    finally:
+        conn.close()
+    for path in journal_files(str(store_path)):
+        try:
+            if os.path.getsize(path) > offsets.get(os.path.basename(path), 0):
+                return False
+        except FileNotFoundError:
+            pass
+    return True
+
+
 def wait_until(predicate, timeout: float = 10.0) -> bool:
     """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False), for
     state with no event to wait on: another thread's status, a file another process writes."""

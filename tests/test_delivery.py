@@ -271,7 +271,8 @@ def test_an_httpx_instrumentation_never_traces_trace_exts_own_requests(start_ker
 
         received = receiver.spans
         names = sorted(s.name for s in received)
-        assert names.count("inner") == 4 and len(receiver.requests) >= 5, names
+        # One request per flushed cell at least (the first cell's spans may share one).
+        assert names.count("inner") == 4 and len(receiver.requests) >= 4, names
         cell = next(s for s in received if s.name == "user-request")
         others = [(s.name, s.attributes.get("http.url") or s.attributes.get("url.full"))
                   for s in http_spans(received) if s.parent_span_id != cell.span_id]

@@ -27,7 +27,7 @@ import pytest
 
 from trace_ext._store.store import LOCAL, MEMORY_IDS, PENDING, SpanStore, open_store
 
-from .conftest import recording_tracer, require, wait_until
+from .conftest import journals_imported, recording_tracer, require, wait_until
 from .otlp_receiver import Respond
 
 # -- helpers ----------------------------------------------------------------
@@ -323,6 +323,7 @@ def test_kernel_with_a_damaged_store_moves_it_aside_and_works(start_kernel, stor
     [moved] = [p for p in store_path.parent.iterdir() if ".corrupt-" in p.name and not p.name.endswith("-wal")]
     assert f"moved to {moved}" in text
     kernel.ok("%%trace fresh\n1")
+    assert wait_until(lambda: journals_imported(store_path), 20)  # the saver thread imports it
     assert [state for _, state in rows(store_path)] == ["local"]
 
 

@@ -9,10 +9,14 @@ import pytest
 from trace_ext._otlp import attributes_to_dict, decode_span
 from trace_ext._store.store import SpanStore
 
+from .conftest import journals_imported, wait_until
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def stored_traces(store_path, count=10):
+    # The saver thread imports a cell's journal into the store just after the cell.
+    assert wait_until(lambda: journals_imported(store_path), 20), "timed out waiting for the import"
     store = SpanStore(str(store_path))
     try:
         return store.recent_traces(count)

@@ -188,7 +188,8 @@ class Saver:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.import_now(wait=max(deadline - time.monotonic(), 0.0)):
+                # A round at a time, so the deadline is looked at between rounds.
+                if self.import_now(wait=max(deadline - time.monotonic(), 0.0), max_rounds=1):
                     return True
             except sqlite3.Error:
                 pass  # locked past the deadline, or a file that can't take it: left for later
@@ -235,8 +236,13 @@ class Saver:
                 running = self._cell_time()
                 if running is not None and running < QUIET_CELL:
                     continue  # the import waits for the cell's end, or for QUIET_CELL
-                if self.backlog() or self._older:
-                    self.import_now()
+                before = self.backlog()
+                if before or self._older:
+                    # A round at a time (it encodes): saving the buffer must not wait
+                    # behind a big backlog; the next round follows at once if this one
+                    # moved on (not in memory mode, or with the lock held elsewhere).
+                    if not self.import_now(max_rounds=1) and self.backlog() < before:
+                        self._wake.set()
                     self._on_imported()
                 if time.monotonic() >= self._others_at:
                     self._others_at = time.monotonic() + OTHERS_INTERVAL
