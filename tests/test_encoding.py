@@ -280,3 +280,43 @@ def test_resource_and_scope_text_is_cleaned_too():
     assert resource["service.name"] == "svc \ufffd" and resource["big"] == str(2**70)
     scope = resource_spans.scope_spans[0].scope
     assert (scope.name, scope.version) == ("scope \ufffd", "1.0 \ufffd")
+
+
+def test_every_span_field_matches_the_sdks_own_otlp_encoder():
+    """Kind, ids, remote parent, trace state, flags, links, events, status and the
+    dropped counts read from the SDK span's own fields are what the OpenTelemetry
+    exporter's encoder makes of the same span (attributes within every limit)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanMessage
+    from opentelemetry.sdk.trace import SpanLimits
+    from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+    from opentelemetry.trace import set_span_in_context
+
+    processor = BufferingSpanProcessor()
+    limits = SpanLimits(max_span_attributes=2, max_events=2, max_links=1, max_event_attributes=1)
+    provider = TracerProvider(resource=Resource.create({"service.name": "oracle"}), span_limits=limits,
+                              shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    processor.activate(4096, lambda: None, lambda: None)
+    tracer = provider.get_tracer("oracle", "1.2")
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                         trace_state=TraceState([("vendor", "v1")]))
+    linked = SpanContext(0x123, 0x456, is_remote=False)
+    span = tracer.start_span(
+        "call", context=set_span_in_context(NonRecordingSpan(remote)), kind=SpanKind.CLIENT,
+        attributes={"a": 1, "b": "two", "c": 3.0},  # one over the limit: dropped
+        links=[Link(linked, {"why": "retry"}), Link(linked)],  # one link over the limit
+    )
+    for n in range(3):  # one over the limit
+        span.add_event(f"e{n}", {"n": n, "m": n})  # one attribute over the limit
+    span.set_status(Status(StatusCode.ERROR, "it broke"))
+    span.end()
+    [record] = processor.take()
+    ours = SpanMessage.FromString(record.payload)
+    [theirs] = encode_spans([span]).resource_spans[0].scope_spans[0].spans
+    assert (ours.dropped_attributes_count, ours.dropped_events_count, ours.dropped_links_count) == (1, 1, 1)
+    assert [e.dropped_attributes_count for e in ours.events] == [1, 1]
+    # OTLP's span flags carry the W3C trace flags in their low byte too; the SDK's encoder leaves them out.
+    assert ours.flags == theirs.flags | int(span.context.trace_flags) == 0x100 | 0x200 | 0x01
+    theirs.flags = ours.flags
+    assert ours == theirs, f"ours:\n{ours}\ntheirs:\n{theirs}"
