@@ -38,6 +38,8 @@ __all__ = ["Sender"]
 
 log = logging.getLogger("trace_ext")
 
+# States whose message (a Retry's reason) says why pending spans wait: true only while some do.
+_HELD_UP = (DeliveryState.RETRYING, DeliveryState.PAUSED)
 POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
 CHECKPOINT_INTERVAL = 2.0  # seconds between write-ahead-log checkpoints
 
@@ -84,6 +86,7 @@ class Sender:
             return
         self._config = config
         self._attempt, self._retry_at, self._server_wait_until = 0, 0.0, 0.0
+        self._trouble_over()  # it was the old destination's
         self._flush_now = True
         self._wake.set()
 
@@ -165,8 +168,13 @@ class Sender:
             try:
                 self._step()
             except Exception as exc:  # keep the thread alive whatever happens
-                log.exception("trace_ext sender step failed")
-                self._status.last_error = f"The sender hit an internal error: {exc}."
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    # Another writer holds the store: not a bug. The store's warning says so,
+                    # and goes once a write gets in (the next step, or the saver's import).
+                    log.info("trace_ext sender waits for its store's lock (%s)", exc)
+                else:
+                    log.exception("trace_ext sender step failed")
+                    self._status.last_error = f"The sender hit an internal error: {exc}."
             with self._progress:
                 self._progress.notify_all()
         self._close_client()
@@ -185,6 +193,9 @@ class Sender:
         if config is None:
             return
         if time.time() < self._retry_at and not self._flush_now:
+            if not self._store.pending():  # sent by another kernel meanwhile: nothing to retry
+                self._attempt, self._retry_at = 0, 0.0
+                self._set_state(DeliveryState.IDLE)
             return
         self._flush_now = False
         while not self._stopping or self._deadline is not None:
@@ -224,8 +235,19 @@ class Sender:
 
     def _set_state(self, state: DeliveryState) -> None:
         with self._status.lock, self._status.hold_trait_notifications():
+            pending = self._store.pending()
+            if state is DeliveryState.IDLE and not pending and self._status.state in _HELD_UP:
+                self._trouble_over()  # what held spans up holds nothing up now
             self._status.state = state
-            self._status.pending = self._store.pending()
+            self._status.pending = pending
+
+    def _trouble_over(self) -> None:
+        """The delivery problem last_error describes is no longer true: stop showing it.
+        (A failed span's reason stays: it explains the failed count.)"""
+        with self._status.lock:
+            if self._delivery_trouble:
+                self._delivery_trouble = False
+                self._status.last_error = ""
 
     def _deliver(self, config: SenderConfig, batch: list[Claimed]) -> Retry | None:
         """Send a batch, halving it on 413/400 to isolate what the server refuses; a lone 413 span is cut down."""
