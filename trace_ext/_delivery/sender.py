@@ -38,8 +38,6 @@ __all__ = ["Sender"]
 
 log = logging.getLogger("trace_ext")
 
-# States whose message (a Retry's reason) says why pending spans wait: true only while some do.
-_HELD_UP = (DeliveryState.RETRYING, DeliveryState.PAUSED)
 POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
 CHECKPOINT_INTERVAL = 2.0  # seconds between write-ahead-log checkpoints
 
@@ -67,6 +65,9 @@ class Sender:
         self._in_flight: list[int] = []  # store ids of the request being sent
         self._checkpointed = 0.0  # monotonic time of the last checkpoint
         self._delivery_trouble = False  # last_error currently describes a delivery problem
+        # The retry reason last_error shows (as redacted), which says why pending spans wait:
+        # true only while some do. A later message (a rejection, a failure) is not it.
+        self._held_up: str | None = None
         self.periodic = False  # True: send every POLL_INTERVAL rather than when woken
 
     # -- control, from the cell's thread ------------------------------------
@@ -231,12 +232,13 @@ class Sender:
             self._status.state = DeliveryState.PAUSED if retry.auth else DeliveryState.RETRYING
             self._status.last_error = retry.reason
             self._delivery_trouble = True
+            self._held_up = self._status.last_error
             self._status.pending = self._store.pending()
 
     def _set_state(self, state: DeliveryState) -> None:
         with self._status.lock, self._status.hold_trait_notifications():
             pending = self._store.pending()
-            if state is DeliveryState.IDLE and not pending and self._status.state in _HELD_UP:
+            if state is DeliveryState.IDLE and not pending and self._held_up == self._status.last_error:
                 self._trouble_over()  # what held spans up holds nothing up now
             self._status.state = state
             self._status.pending = pending
@@ -248,6 +250,7 @@ class Sender:
             if self._delivery_trouble:
                 self._delivery_trouble = False
                 self._status.last_error = ""
+            self._held_up = None
 
     def _deliver(self, config: SenderConfig, batch: list[Claimed]) -> Retry | None:
         """Send a batch, halving it on 413/400 to isolate what the server refuses; a lone 413 span is cut down."""
