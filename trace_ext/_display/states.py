@@ -99,7 +99,8 @@ def _read(s: DeliveryStatus, now: float, live: bool) -> Reading:
     if s.state == DeliveryState.PAUSED and not host:
         # A destination is configured but a setting makes it unusable: spans wait for the fix.
         safe = f"{_spans(s.pending)} safe on disk wait" if s.pending else "Spans recorded meanwhile wait"
-        sentence = f"{problem or s.last_error.strip() or 'The destination settings cannot be used.'} {safe} and are sent once it is fixed."
+        why = problem or s.last_error.strip() or "The destination settings cannot be used."
+        sentence = f"{why} {safe} and are sent once it is fixed."
         used_error, problem = True, ""
         reading = Reading("paused", "error", "Setting to fix", sentence)
     elif s.state == DeliveryState.EMBEDDED or not host:
