@@ -498,3 +498,141 @@ def test_own_log_lines_go_to_the_kernel_log_never_into_a_cell(tmp_path, store_pa
         assert "[trace_ext] ERROR trace_ext sender step failed" in log and "RuntimeError: background-marker" in log
     finally:
         kernel.shutdown(now=True)
+
+
+# --------------------------------------------------------------------------- 13
+# Messages shown while they are true, and gone once they are not.
+
+OVERLOADED = "overloaded-marker"
+
+
+def test_a_retry_message_goes_once_another_kernel_sent_the_spans(start_kernel, receiver, store_path):
+    from .otlp_receiver import OtlpReceiver
+
+    receiver.default = Respond(503, body=OVERLOADED)
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="held-1"))
+    assert kernel.wait_for(lambda: OVERLOADED in status_text(kernel), 20), status_text(kernel)
+    produced = kernel.value("_ids")
+    with OtlpReceiver() as working:
+        other = traced_kernel(start_kernel, working)  # the same store, a backend that answers
+        flushed(other, 30)
+        assert assert_accounted(store_path, working, produced) == Counter(sent=2)
+        # Nothing is pending any more: the 503 no longer holds anything up, so it goes
+        # (within the sender's poll, 5 s), and the state is no longer "retrying".
+        assert wait_until(
+            lambda: OVERLOADED not in (text := status_text(kernel)) and "Retrying" not in text, 30
+        ), status_text(kernel)
+        assert "0 pending" in status_text(kernel)
+        assert not receiver.spans  # the 503 backend accepted nothing
+        assert assert_accounted(store_path, working, produced) == Counter(sent=2)
+
+
+def test_a_retry_message_goes_when_the_destination_changes(start_kernel, receiver, store_path):
+    from .otlp_receiver import OtlpReceiver
+
+    receiver.default = Respond(503, body=OVERLOADED)
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="moved-1"))
+    assert kernel.wait_for(lambda: OVERLOADED in status_text(kernel), 20), status_text(kernel)
+    kernel.ok("%config TraceExt.endpoint = None")  # the 503 was that endpoint's
+    text = status_text(kernel)
+    assert OVERLOADED not in text and "2 spans left" in text, text
+    with OtlpReceiver() as working:
+        kernel.ok(f"%config TraceExt.endpoint = {working.url!r}")
+        flushed(kernel, 30)
+        produced = kernel.value("_ids")
+        assert assert_accounted(store_path, working, produced) == Counter(sent=2)
+        text = status_text(kernel)
+        assert OVERLOADED not in text and "All 2 spans delivered" in text, text
+    assert not receiver.spans
+
+
+def test_a_store_lock_held_elsewhere_is_shown_while_held_and_gone_once_free(start_kernel, receiver, store_path):
+    kernel = traced_kernel(start_kernel, receiver)
+    kernel.ok(CELL.format(name="before-lock"))
+    flushed(kernel)
+    holder = sqlite3.connect(str(store_path), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer keeps the write lock past the busy timeout
+        for i in range(3):
+            kernel.ok(CELL.format(name=f"locked-{i}"))
+        assert kernel.wait_for(lambda: "is locked by another writer" in status_text(kernel), 30), status_text(kernel)
+        text = status_text(kernel)
+        assert "internal error" not in text, text  # a lock held elsewhere is not a bug of trace_ext
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    flushed(kernel, 30)
+    produced = kernel.value("_ids")
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=8)
+    # Every span is sent and the store takes writes again: nothing about a lock is left.
+    assert wait_until(lambda: "locked" not in status_text(kernel), 15), status_text(kernel)
+    assert "0 pending · 8 sent · 0 failed" in status_text(kernel)
+
+
+HEADER_SECRET = "sk-header-secret-8842"
+
+
+def test_a_malformed_header_name_in_the_environment_is_a_setting_to_fix(start_kernel, receiver, store_path):
+    kernel = start_kernel(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url,
+        OTEL_EXPORTER_OTLP_HEADERS=f"x-team=ml,bad header={HEADER_SECRET}",
+    )
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok(SETUP)
+    kernel.ok(CELL.format(name="bad-name-1"))
+    said = "OTEL_EXPORTER_OTLP_HEADERS has a name that is not an HTTP header name (item 2"
+    assert kernel.wait_for(lambda: any(said in label for label in kernel.status_labels()), 20), kernel.status_labels()
+    text = status_text(kernel)
+    assert said in text and "Setting to fix" in text and "Could not reach" not in text, text
+    seen = text + "".join(kernel.label_history())
+    assert HEADER_SECRET not in seen and "bad header" not in seen, seen
+    kernel.ok(CELL.format(name="bad-name-2"))
+    produced = kernel.value("_ids")
+    assert receiver.requests == []  # no request could carry it: none was made
+    assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)  # kept, not failed
+
+    kernel.ok("import os\nos.environ['OTEL_EXPORTER_OTLP_HEADERS'] = 'x-team=ml'")  # fixed
+    flushed(kernel)
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+    assert all(r.headers.get("x-team") == "ml" for r in receiver.requests)
+    text = status_text(kernel)
+    assert "HTTP header name" not in text and "All 4 spans delivered" in text, text
+
+
+def test_a_malformed_header_name_in_config_is_a_usage_error_and_the_old_headers_stay(
+    start_kernel, receiver, store_path
+):
+    receiver.require_headers = {"x-team": "ml"}
+    kernel = traced_kernel(start_kernel, receiver, "headers = {'x-team': 'ml'}")
+    kernel.ok(CELL.format(name="good-header"))
+    for name in ["bad header", "x:token", "x\x01y"]:
+        bad = kernel.execute(f"%config TraceExt.headers = {{'x-team': 'ml', {name!r}: {HEADER_SECRET!r}}}")
+        assert bad.status == "error", bad.text()
+        said = bad.text()
+        assert "UsageError" in said and "TraceExt.headers has a name that is not an HTTP header name (header 2 of 2" in said, said
+        assert HEADER_SECRET not in said and name not in said, said
+    kernel.ok(CELL.format(name="still-good"))
+    flushed(kernel)
+    produced = kernel.value("_ids")
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+    assert "HTTP header name" not in status_text(kernel)
+
+
+def test_an_otel_headers_item_without_equals_stays_shown_after_a_retry(start_kernel, receiver, store_path):
+    receiver.script(Respond(503, body=OVERLOADED))  # one transient problem, then answers
+    kernel = start_kernel(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url, OTEL_EXPORTER_OTLP_HEADERS=f"x-team=ml,{HEADER_SECRET}"
+    )
+    kernel.ok("%load_ext trace_ext")
+    kernel.ok(SETUP)
+    kernel.ok(CELL.format(name="bare-key"))
+    flushed(kernel)
+    produced = kernel.value("_ids")
+    assert receiver.requests[0].status == 503
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=2)
+    # Still true (the variable still has it), so still shown: the 503's recovery must not wipe it.
+    text = status_text(kernel)
+    assert "OTEL_EXPORTER_OTLP_HEADERS has items that are not key=value (item 2)" in text, text
+    assert OVERLOADED not in text and HEADER_SECRET not in text, text

@@ -74,6 +74,7 @@ class Extension:
         self._destination = None
         self._store_watch = StoreWatch(self.status)
         self._sending = False  # spans are saved pending (True) or local
+        self._unusable = False  # a destination is set but can't be used (see _apply_destination)
         self._pid = os.getpid()  # a child made by os.fork() inherits this object, not the process
         self._cell_started: float | None = None  # monotonic start of the running cell (see Saver)
 
@@ -302,16 +303,27 @@ class Extension:
         # Exporters of other SDKs sending to the same URL are handed over to us.
         self.sdks.peers.deliver_to(destination.url if destination else None)
         self._update_redactor()
+        # First: a changed destination ends the old one's delivery problem (its message
+        # goes), and the warning below is about the new one.
+        self.sender.configure(config)
+        unusable = config is None and self._sending  # a destination is set, but a setting is wrong
         with self.status.lock, self.status.hold_trait_notifications():
             self.status.destination = destination.host if destination else ""
             self.status.destination_source = destination.source if destination else ""
-            if destination is None:
+            if unusable:
+                self.status.state = DeliveryState.PAUSED  # the spans wait for the fix
+            elif destination is None:
                 self.status.state = DeliveryState.EMBEDDED
-            elif self.status.state is DeliveryState.EMBEDDED:
+            elif self.status.state is DeliveryState.EMBEDDED or self._unusable:
                 self.status.state = DeliveryState.IDLE
-            if warning:
+            self._unusable = unusable
+            # Shown while true: once the settings are fixed, their warning goes too.
+            previous = self.status.setting_problem
+            self.status.setting_problem = warning
+            if warning and warning != previous:
                 self.status.last_error = warning
-        self.sender.configure(config)
+            elif previous and self.status.last_error == previous:
+                self.status.last_error = ""
 
     def _on_setting(self, change) -> None:
         name = change["name"]

@@ -76,6 +76,18 @@ def check_url(setting: str, url: str) -> str:
     return SecretURL(url) if "@" in url else url
 
 
+# An HTTP header name is a token (RFC 9110): the HTTP client refuses anything else at
+# send time, so it is checked where the setting is read, and the spans wait for the fix.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_NAME_RULE = "letters, digits and !#$%&'*+-.^_`|~ only: no space, ':' or control character"
+
+
+def bad_header_names(names) -> list[int]:
+    """The (1-based) positions of ``names`` that are not HTTP header names. Positions
+    only: a malformed name may be a pasted key, so it is never shown."""
+    return [n for n, name in enumerate(names, 1) if not _HEADER_NAME.fullmatch(name)]
+
+
 # The smallest value each numeric setting takes, and its unit (for the error message).
 _MINIMUMS = {
     "shutdown_timeout": (0, "seconds"), "export_timeout": (0.1, "seconds"),
@@ -271,6 +283,12 @@ class TraceExt(Configurable):
     def _valid_headers(self, proposal):
         from ._redact import SecretHeaders
 
+        bad = bad_header_names(proposal["value"])
+        if bad:
+            raise SettingError(
+                f"TraceExt.headers has a name that is not an HTTP header name (header "
+                f"{', '.join(map(str, bad))} of {len(proposal['value'])}; a name is {HEADER_NAME_RULE})."
+            )
         return SecretHeaders(proposal["value"])  # its repr hides the values
 
     @validate("redact")

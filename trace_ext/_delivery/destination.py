@@ -9,7 +9,7 @@ from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
 from .._sdks import langfuse
-from ..config import SettingError, TraceExt, check_url, env
+from ..config import HEADER_NAME_RULE, SettingError, TraceExt, bad_header_names, check_url, env
 
 __all__ = [
     "SENDER_SETTINGS", "Destination", "SenderConfig", "destination_intended", "environment_fingerprint",
@@ -33,16 +33,22 @@ class Destination:
         return f"{parts.hostname}{port}"
 
 
-def _otel_headers(raw: str | None, problems: list[int] | None = None) -> dict[str, str]:
+def _otel_headers(
+    raw: str | None, problems: list[int] | None = None, bad_names: list[int] | None = None
+) -> dict[str, str]:
     """Parse ``OTEL_EXPORTER_OTLP_HEADERS`` (W3C baggage format, values percent-encoded).
 
     ``problems`` gets the (1-based) positions of items that are not ``key=value``:
-    ignored, and reported by position only (an item may be a bare key)."""
+    ignored, and reported by position only (an item may be a bare key).
+    ``bad_names`` gets those of items whose name is not an HTTP header name."""
     headers: dict[str, str] = {}
     for n, item in enumerate((raw or "").split(","), 1):
         key, sep, value = item.partition("=")
         if sep and key.strip():
-            headers[unquote(key.strip())] = unquote(value.strip())
+            name = unquote(key.strip())
+            headers[name] = unquote(value.strip())
+            if bad_header_names([name]) and bad_names is not None:
+                bad_names.append(n)
         elif item.strip() and problems is not None:
             problems.append(n)
     return headers
@@ -73,7 +79,15 @@ def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
         headers: dict[str, str] = {}
         for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
             problems: list[int] = []
-            headers.update(_otel_headers(env(name), problems))
+            bad_names: list[int] = []
+            headers.update(_otel_headers(env(name), problems, bad_names))
+            if bad_names:
+                # No request can carry it: nothing is sent (spans stay pending) until it is fixed.
+                raise SettingError(
+                    f"{name} has a name that is not an HTTP header name (item "
+                    f"{', '.join(map(str, bad_names))}; a name is {HEADER_NAME_RULE}), so no request "
+                    "can be sent."
+                )
             if problems:
                 items = ", ".join(map(str, problems))
                 warning = (f"{name} has items that are not key=value (item {items}), so they are not "

@@ -65,6 +65,9 @@ class Sender:
         self._in_flight: list[int] = []  # store ids of the request being sent
         self._checkpointed = 0.0  # monotonic time of the last checkpoint
         self._delivery_trouble = False  # last_error currently describes a delivery problem
+        # The retry reason last_error shows (as redacted), which says why pending spans wait:
+        # true only while some do. A later message (a rejection, a failure) is not it.
+        self._held_up: str | None = None
         self.periodic = False  # True: send every POLL_INTERVAL rather than when woken
 
     # -- control, from the cell's thread ------------------------------------
@@ -84,6 +87,7 @@ class Sender:
             return
         self._config = config
         self._attempt, self._retry_at, self._server_wait_until = 0, 0.0, 0.0
+        self._trouble_over()  # it was the old destination's
         self._flush_now = True
         self._wake.set()
 
@@ -165,8 +169,13 @@ class Sender:
             try:
                 self._step()
             except Exception as exc:  # keep the thread alive whatever happens
-                log.exception("trace_ext sender step failed")
-                self._status.last_error = f"The sender hit an internal error: {exc}."
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    # Another writer holds the store: not a bug. The store's warning says so,
+                    # and goes once a write gets in (the next step, or the saver's import).
+                    log.info("trace_ext sender waits for its store's lock (%s)", exc)
+                else:
+                    log.exception("trace_ext sender step failed")
+                    self._status.last_error = f"The sender hit an internal error: {exc}."
             with self._progress:
                 self._progress.notify_all()
         self._close_client()
@@ -185,6 +194,9 @@ class Sender:
         if config is None:
             return
         if time.time() < self._retry_at and not self._flush_now:
+            if not self._store.pending():  # sent by another kernel meanwhile: nothing to retry
+                self._attempt, self._retry_at = 0, 0.0
+                self._set_state(DeliveryState.IDLE)
             return
         self._flush_now = False
         while not self._stopping or self._deadline is not None:
@@ -220,12 +232,25 @@ class Sender:
             self._status.state = DeliveryState.PAUSED if retry.auth else DeliveryState.RETRYING
             self._status.last_error = retry.reason
             self._delivery_trouble = True
+            self._held_up = self._status.last_error
             self._status.pending = self._store.pending()
 
     def _set_state(self, state: DeliveryState) -> None:
         with self._status.lock, self._status.hold_trait_notifications():
+            pending = self._store.pending()
+            if state is DeliveryState.IDLE and not pending and self._held_up == self._status.last_error:
+                self._trouble_over()  # what held spans up holds nothing up now
             self._status.state = state
-            self._status.pending = self._store.pending()
+            self._status.pending = pending
+
+    def _trouble_over(self) -> None:
+        """The delivery problem last_error describes is no longer true: stop showing it.
+        (A failed span's reason stays: it explains the failed count.)"""
+        with self._status.lock:
+            if self._delivery_trouble:
+                self._delivery_trouble = False
+                self._status.last_error = ""
+            self._held_up = None
 
     def _deliver(self, config: SenderConfig, batch: list[Claimed]) -> Retry | None:
         """Send a batch, halving it on 413/400 to isolate what the server refuses; a lone 413 span is cut down."""

@@ -45,6 +45,7 @@ class DeliveryStatus(HasTraits):
     last_delivery = Float(None, allow_none=True, help="epoch seconds of the last 2xx")
     last_error = Unicode("", help="the last problem, in one sentence")
     store_warning = Unicode("", help="what is wrong with the local store while it lasts (in memory, over its cap)")
+    setting_problem = Unicode("", help="what is wrong with the destination's settings while it lasts (an unusable URL or header)")
     in_memory = Int(0, help="spans kept in memory only, because the store's file can't be written")
     peers = Unicode("", help="how the last flush of each other SDK (Langfuse, other span processors) went")
     dropped = Int(0, help="spans that could be kept nowhere (memory limit reached while the store was unwritable)")
@@ -67,7 +68,7 @@ class DeliveryStatus(HasTraits):
     def _a_delivery_state(self, proposal) -> DeliveryState:
         return DeliveryState(proposal["value"])  # ValueError (a TraitError) for a word that is not one
 
-    @validate("last_error", "peers")
+    @validate("last_error", "peers", "setting_problem")
     def _redacted(self, proposal) -> str:
         return self.redactor(proposal["value"])
 

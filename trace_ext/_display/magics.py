@@ -200,7 +200,7 @@ def wrap_config_magic(shell, settings) -> Callable[[], None]:
         try:
             setattr(settings, name, value)
         except TraitError as exc:
-            if name == "headers":  # traitlets would quote the value, which may be a key
+            if name == "headers" and not isinstance(exc, UsageError):  # traitlets would quote the value, which may be a key
                 raise UsageError(
                     "TraceExt.headers must be a dict of header names to values, such as "
                     "{'Authorization': 'Bearer ...'}; the old headers stay."

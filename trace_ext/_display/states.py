@@ -95,7 +95,15 @@ def _when(epoch: float | None, now: float, live: bool) -> str:
 def _read(s: DeliveryStatus, now: float, live: bool) -> Reading:
     host = s.destination
     used_error = False  # last_error went into the sentence: don't repeat it below
-    if s.state == DeliveryState.EMBEDDED or not host:
+    problem = s.setting_problem.strip()
+    if s.state == DeliveryState.PAUSED and not host:
+        # A destination is configured but a setting makes it unusable: spans wait for the fix.
+        safe = f"{_spans(s.pending)} safe on disk wait" if s.pending else "Spans recorded meanwhile wait"
+        why = problem or s.last_error.strip() or "The destination settings cannot be used."
+        sentence = f"{why} {safe} and are sent once it is fixed."
+        used_error, problem = True, ""
+        reading = Reading("paused", "error", "Setting to fix", sentence)
+    elif s.state == DeliveryState.EMBEDDED or not host:
         sentence = f"{_spans(s.local)} stored locally"
         if s.store_path:
             sentence += f" in {s.store_path}"
@@ -167,7 +175,9 @@ def _read(s: DeliveryStatus, now: float, live: bool) -> Reading:
             reading.backlog = (done, done + s.pending)
     if s.store_warning:
         reading.details.append(f"store: {s.store_warning}")
-    if s.last_error and not used_error and s.last_error != s.store_warning:
+    if problem:  # shown while true, whatever last_error says meanwhile
+        reading.details.append(f"settings: {problem}")
+    if s.last_error and not used_error and s.last_error not in (s.store_warning, s.setting_problem):
         reading.details.append(f"last error: {s.last_error}")
     if s.dropped:
         reading.details.append(f"{_spans(s.dropped)} could be kept nowhere and were dropped.")

@@ -211,6 +211,7 @@ class SpanStore:
         self.warning = ""
         self.dropped = 0  # spans that could not be kept anywhere (memory limit reached)
         self.over_cap = False
+        self._locked_out = False  # the last write gave up: another writer held the lock all the busy timeout
         #: Called (from any thread) whenever ``warning``, ``dropped`` or the memory count change.
         self.listener: Callable[[], None] | None = None
         self._reason = ""
@@ -321,30 +322,41 @@ class SpanStore:
         """A write transaction. While another connection holds the lock, retry every
         0.2 ms: SQLite's own busy handler sleeps 1, 2, 5, 10 ms for a lock held for µs.
         ``wait``: give up after this many seconds (default: the busy timeout)."""
-        with self._use() as conn:
-            deadline = time.monotonic() + (self._busy_timeout if wait is None else wait)
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                while True:
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                        break
-                    except sqlite3.OperationalError as exc:
-                        # BUSY_SNAPSHOT: this connection still reads an old snapshot (a statement
-                        # left open on it), and waiting can't change that: fail now, not in 2 s.
-                        stale = getattr(exc, "sqlite_errorcode", None) == _SQLITE_BUSY_SNAPSHOT
-                        if stale or "locked" not in str(exc) or time.monotonic() >= deadline:
-                            raise
-                        time.sleep(0.0002)
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                with suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
-                    conn.execute("ROLLBACK")
-                raise
+        locked_out = self._locked_out
+        try:
+            with self._use() as conn:
+                deadline = time.monotonic() + (self._busy_timeout if wait is None else wait)
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    while True:
+                        try:
+                            conn.execute("BEGIN IMMEDIATE")
+                            break
+                        except sqlite3.OperationalError as exc:
+                            # BUSY_SNAPSHOT: this connection still reads an old snapshot (a statement
+                            # left open on it), and waiting can't change that: fail now, not in 2 s.
+                            stale = getattr(exc, "sqlite_errorcode", None) == _SQLITE_BUSY_SNAPSHOT
+                            if stale or "locked" not in str(exc) or time.monotonic() >= deadline:
+                                # Held elsewhere for the whole busy timeout: worth saying (a
+                                # shorter wait of the caller's choosing is not).
+                                if not stale and "locked" in str(exc) and (wait is None or wait >= self._busy_timeout):
+                                    self._locked_out = True
+                                raise
+                            time.sleep(0.0002)
+                    self._locked_out = False  # a write got in: the lock is not held for good
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with suppress(sqlite3.Error):  # a failed COMMIT may have rolled back already
+                        conn.execute("ROLLBACK")
+                    raise
+        finally:
+            # Outside the transaction and the memory guard: the listener takes the status lock.
+            if self._locked_out != locked_out:
+                self._update_warning()
 
     # -- writing -----------------------------------------------------------
 
@@ -831,6 +843,12 @@ class SpanStore:
                 f"in memory ({self.memory_count()} not yet sent, at most {_megabytes(self.memory_limit)}) "
                 "and written there once it is writable again; a kernel restart before that loses them, "
                 "so free space or set TraceExt.store_path to a writable file"
+            )
+        if self._locked_out:
+            parts.append(
+                f"trace_ext's span store {self.path} is locked by another writer (database is locked) for "
+                f"longer than {self._busy_timeout:g} s at a time, so spans wait, safe in this kernel's "
+                "journal or the store, and are sent once it is free"
             )
         if self.dropped:
             parts.append(f"trace_ext dropped {self.dropped} spans because its memory limit was reached")
