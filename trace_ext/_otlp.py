@@ -14,7 +14,8 @@ import hashlib
 import json
 import re
 import threading
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -89,45 +90,45 @@ def _described(value: Any, limit: int) -> str:
     return clean_text(truncate(text, limit))
 
 
-def _any_value(value: Any, limit: int, depth: int = 0) -> AnyValue:
-    """An OTLP ``AnyValue``; never raises. Strings are cut at ``limit`` characters
-    (with a marker) and cleaned of lone surrogates, bytes cut at ``limit`` bytes,
-    integers beyond int64 become their decimal text, and nesting deeper than
-    ``_MAX_DEPTH`` (or a cycle) becomes text."""
-    try:
-        if value is None:
-            return AnyValue()  # OTLP's empty value (the SDK lets None through, e.g. in sequences)
-        if isinstance(value, bool):
-            return AnyValue(bool_value=value)
-        if isinstance(value, str):
-            return AnyValue(string_value=clean_text(truncate(value, limit)))
-        if isinstance(value, int):
-            if _INT64_MIN <= value <= _INT64_MAX:
-                return AnyValue(int_value=value)
-            return AnyValue(string_value=truncate(str(value), limit))  # OTLP has no big integers
-        if isinstance(value, float):
-            return AnyValue(double_value=value)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return AnyValue(bytes_value=bytes(value[:limit]))
-        if isinstance(value, (Mapping, Sequence)) and depth >= _MAX_DEPTH:
-            return AnyValue(string_value=f"<{type(value).__name__} nested deeper than {_MAX_DEPTH} levels>")
-        if isinstance(value, Mapping):
-            return AnyValue(kvlist_value=KeyValueList(values=_key_values(value, limit, depth + 1)))
-        if isinstance(value, Sequence):
-            return AnyValue(array_value=ArrayValue(values=[_any_value(v, limit, depth + 1) for v in value]))
-        return AnyValue(string_value=_described(value, limit))
-    except Exception as exc:  # a value we can't encode must not cost the span
-        return AnyValue(string_value=f"<{type(value).__name__} value that could not be encoded: {type(exc).__name__}>")
+def _any_value(value: Any, limit: int) -> AnyValue:
+    """An OTLP ``AnyValue``; never raises. Cut as :func:`_plain` cuts (strings at
+    ``limit`` characters with a marker, bytes at ``limit`` bytes, integers beyond
+    int64 as their decimal text, nesting deeper than ``_MAX_DEPTH`` or a cycle as
+    text), and cleaned of lone surrogates."""
+    return _encoded(_plain(value, limit))
 
 
-def _key_values(attributes: Mapping[str, Any] | None, limit: int, depth: int = 0) -> list[KeyValue]:
+def _encoded(plain: Any) -> AnyValue:
+    """The ``AnyValue`` of plain data (what :func:`_plain` makes: it has cut it already)."""
+    kind = type(plain)
+    if kind is str:
+        return AnyValue(string_value=clean_text(plain))
+    if kind is bool:
+        return AnyValue(bool_value=plain)
+    if kind is int:
+        if _INT64_MIN <= plain <= _INT64_MAX:
+            return AnyValue(int_value=plain)
+        return AnyValue(string_value=str(plain))  # from a journal written before _plain cut these
+    if kind is float:
+        return AnyValue(double_value=plain)
+    if kind is bytes:
+        return AnyValue(bytes_value=plain)
+    if kind is dict:
+        return AnyValue(kvlist_value=KeyValueList(values=_plain_key_values(plain)))
+    if kind is list:
+        return AnyValue(array_value=ArrayValue(values=[_encoded(v) for v in plain]))
+    return AnyValue()  # None: OTLP's empty value (the SDK lets None through, e.g. in sequences)
+
+
+def _plain_key_values(attributes: dict | None) -> list[KeyValue]:
+    """``KeyValue``s of plain attributes (their keys are text already)."""
     if not attributes:
         return []
-    return [
-        KeyValue(key=clean_text(k) if isinstance(k, str) else _described(k, limit),
-                 value=_any_value(v, limit, depth))
-        for k, v in attributes.items()
-    ]
+    return [KeyValue(key=clean_text(k), value=_encoded(v)) for k, v in attributes.items()]
+
+
+def _key_values(attributes: Mapping[str, Any] | None, limit: int) -> list[KeyValue]:
+    return _plain_key_values(_plain_attributes(attributes, limit))
 
 
 def _id_hex(value: int, width: int) -> str:
@@ -184,17 +185,23 @@ Snapshot = tuple
 
 
 def _plain(value: Any, limit: int, depth: int = 0) -> Any:
-    """``value`` as data ``marshal`` can write, cut as :func:`_any_value` would cut it."""
+    """``value`` as data ``marshal`` can write: str, int (within int64), float, bool,
+    bytes, None, and lists and str-keyed dicts of them, with what is too long cut
+    and what is none of these described as text. The one place these rules live."""
     kind = type(value)
     if kind is str:
         return value if len(value) <= limit else truncate(value, limit)
-    if kind is bool or kind is int or kind is float or value is None:
+    if kind is int:
+        return value if _INT64_MIN <= value <= _INT64_MAX else _described(value, limit)  # OTLP has no big ints
+    if kind is bool or kind is float or value is None:
         return value
+    if (kind is tuple or kind is list) and depth < _MAX_DEPTH:  # the SDK keeps sequences as tuples
+        return [_plain(v, limit, depth + 1) for v in value]
     try:
         if isinstance(value, str):
             return truncate(str.__str__(value), limit)
         if isinstance(value, int):  # subclasses (an IntEnum) as the number they are
-            return int(value)
+            return _plain(int(value), limit)
         if isinstance(value, float):
             return float(value)
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -218,7 +225,8 @@ def _plain_attributes(attributes: Mapping[str, Any] | None, limit: int) -> dict 
     for key, value in attributes.items():
         kind = type(value)
         # Inline for the common case (a short string, a number: one type test); the rest by _plain.
-        if not ((kind is str and len(value) <= limit) or kind is int or kind is float or kind is bool):
+        if not ((kind is str and len(value) <= limit) or kind is float or kind is bool
+                or (kind is int and _INT64_MIN <= value <= _INT64_MAX)):
             value = _plain(value, limit)
         out[key if type(key) is str else _described(key, limit)] = value
     return out
@@ -289,7 +297,6 @@ def _flags(context) -> int:
 
 
 _SDK_SPANS = (ReadableSpan, _Span)  # what the SDK hands processors (a copy at end), what it makes
-_UNCUT = 2**62  # the limit for encoding a snapshot: its strings are cut already
 
 
 def encode_snapshot(snap: Snapshot, resource: bytes, scope: bytes) -> SpanRecord:
@@ -304,7 +311,7 @@ def encode_snapshot(snap: Snapshot, resource: bytes, scope: bytes) -> SpanRecord
         kind=kind + 1,  # the SDK counts from INTERNAL=0, OTLP from UNSPECIFIED=0
         start_time_unix_nano=start,
         end_time_unix_nano=end,
-        attributes=_key_values(attributes, _UNCUT),
+        attributes=_plain_key_values(attributes),
         dropped_attributes_count=dropped_attributes,
         dropped_events_count=dropped_events,
         dropped_links_count=dropped_links,
@@ -317,11 +324,11 @@ def encode_snapshot(snap: Snapshot, resource: bytes, scope: bytes) -> SpanRecord
     # Events and links of journals from before their flags and dropped counts were kept have three fields.
     for event_name, at, event_attributes, *dropped in events or ():
         msg.events.add(name=clean_text(event_name), time_unix_nano=at,
-                       attributes=_key_values(event_attributes, _UNCUT),
+                       attributes=_plain_key_values(event_attributes),
                        dropped_attributes_count=dropped[0] if dropped else 0)
     for link_trace, link_span, link_attributes, *more in links or ():
         msg.links.add(trace_id=link_trace.to_bytes(16, "big"), span_id=link_span.to_bytes(8, "big"),
-                      attributes=_key_values(link_attributes, _UNCUT),
+                      attributes=_plain_key_values(link_attributes),
                       flags=more[0] if more else 0, dropped_attributes_count=more[1] if more else 0)
     msg.status.code = status_code
     if status_message:
