@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .conftest import journals_imported, wait_until
+
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 # Records exit handlers as they are registered (atexit can't be listed), so a
@@ -138,6 +140,8 @@ def test_three_reloads_leave_one_set_of_hooks_and_one_sender(kernel, store_path)
     loaded.ok("%%trace once\nfrom opentelemetry import trace\ntrace.get_tracer('t').start_span('inner').end()")
     from trace_ext._store.store import SpanStore
 
+    assert wait_until(lambda: journals_imported(store_path), 20)  # the saver thread imports just after the cell
+
     store = SpanStore(str(store_path))
     [spans] = store.recent_traces(1)
     assert sorted(s.name for s in spans) == ["inner", "once"]  # each span recorded once
@@ -176,6 +180,8 @@ def test_an_existing_tracer_provider_is_reused_not_replaced(kernel, store_path):
     # The user's own exporter still sees the cell's span, and so does the store.
     assert kernel.value("[s.name for s in exported.get_finished_spans()]") == ["shared"]
     from trace_ext._store.store import SpanStore
+
+    assert wait_until(lambda: journals_imported(store_path), 20)
 
     store = SpanStore(str(store_path))
     assert [s.name for [s] in store.recent_traces(5)] == ["shared"]

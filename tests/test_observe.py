@@ -16,6 +16,8 @@ import trace_ext
 from trace_ext._capture import observe as _observe
 from trace_ext._capture.values import MAX_VALUE_LENGTH
 
+from .conftest import journals_imported, wait_until
+
 
 @pytest.fixture
 def spans(monkeypatch):
@@ -498,6 +500,7 @@ def test_observed_calls_and_span_blocks_nest_under_the_traced_cell(loaded, store
         "    return 2 * x\n"
     )
     loaded.ok("%%trace cell\nwith trace_ext.span('block', step=1):\n    y = double(21)\ny")
+    assert wait_until(lambda: journals_imported(store_path), 20)  # the saver thread imports just after the cell
     store = SpanStore(str(store_path))
     try:
         [spans] = store.recent_traces(1)
