@@ -560,7 +560,7 @@ def test_partial_success_fails_its_whole_batch_in_store_and_counters_and_retry_s
     start_kernel, receiver, store_path, protocol
 ):
     from .otlp_receiver import PartialSuccess
-    from .test_faults import store_rows, traced_kernel
+    from .test_faults import status_text, store_rows, traced_kernel
 
     receiver.script(PartialSuccess(2, "2 spans had an empty name"))  # the first request; then all is accepted
     kernel = traced_kernel(start_kernel, receiver, f"protocol = {protocol!r}", "max_batch_spans = 6")
@@ -578,9 +578,11 @@ def test_partial_success_fails_its_whole_batch_in_store_and_counters_and_retry_s
     host = f"127.0.0.1:{receiver.port}"
     reason = rows[min(batch)][1]
     assert reason == (
-        f"{host} accepted 4 of these 6 spans and rejected 2 without saying which: 2 spans had an empty name; "
-        "`%trace retry` sends all 6 again."
+        f"{host} accepted 4 of these 6 spans and rejected 2 without saying which, so all 6 count as failed: "
+        "2 spans had an empty name."
     ), reason
+    shown = status_text(kernel)
+    assert f"6 spans failed: {reason} `%trace retry` sends them again." in shown, shown
     states = Counter(rows[span_id][0] for span_id in produced)
     assert states == Counter(sent=6, failed=6), states
     assert _counters(kernel) == states  # the display counts what the store holds
