@@ -555,6 +555,21 @@ def test_a_backend_slower_than_export_timeout_gets_each_span_at_most_twice(start
     assert _counters(kernel) == states
 
 
+def test_the_time_limit_doubles_after_a_time_out_to_its_cap():
+    from trace_ext._delivery.policy import longer_timeout
+
+    def limits(export_timeout: float) -> list[float]:
+        out, limit = [], export_timeout
+        for _ in range(6):
+            limit = longer_timeout(limit, export_timeout)
+            out.append(limit)
+        return out
+
+    assert limits(10) == [20, 40, 60, 60, 60, 60]  # the default: a minute at most
+    assert limits(1) == [2, 4, 8, 8, 8, 8]  # 8 x the setting
+    assert limits(100) == [100] * 6  # never below what the user set
+
+
 @pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
 def test_partial_success_fails_its_whole_batch_in_store_and_counters_and_retry_sends_it(
     start_kernel, receiver, store_path, protocol
