@@ -62,13 +62,26 @@ def test_batches_are_bounded_by_count_and_by_bytes(receiver, make_spans, sender)
     assert max(len(r.spans) for r in receiver.requests) == 2
 
 
-def test_partial_success_counts_rejected_spans_as_failed_with_the_servers_message(receiver, make_spans, sender):
+def test_partial_success_fails_the_whole_request_with_the_servers_message(receiver, store, make_spans, sender):
+    # OTLP does not say which spans were rejected: all 5 are failed, in the store as in the counters.
     receiver.script(PartialSuccess(2, "attribute too long"))
     make_spans(5)
     s = sender(receiver.url)
     report = s.flush(10)
-    assert (report.sent, report.failed) == (3, 2)
-    assert "attribute too long" in s._status.last_error
+    assert (report.sent, report.failed) == (0, 5)
+    assert store.counts().failed == 5
+    assert s._status.last_error == (
+        f"127.0.0.1:{receiver.port} accepted 3 of these 5 spans and rejected 2 without saying which, "
+        "so all 5 count as failed: attribute too long."
+    )
+
+
+def test_partial_success_rejecting_every_span_says_so(receiver, store, make_spans, sender):
+    receiver.script(PartialSuccess(1, ""))
+    make_spans(1)
+    s = sender(receiver.url)
+    assert s.flush(10).failed == 1
+    assert s._status.last_error == f"127.0.0.1:{receiver.port} rejected this span."
 
 
 def test_429_waits_for_retry_after_then_delivers_once(receiver, make_spans, sender):

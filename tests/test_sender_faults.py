@@ -507,3 +507,108 @@ def test_html_error_page_is_summarised_as_the_status_phrase():
     reason = classify(response, "collector", 3).reason
     assert "<" not in reason and "html" not in reason.lower()
     assert "HTTP 500" in reason and "Internal Server Error" in reason
+
+
+# -- issue 11, cases 10 and 11: a backend slower than export_timeout; partial_success ---------
+
+EXT = "__import__('trace_ext._extension', fromlist=['x']).active()"
+
+# A traced cell with {n} children; every span id goes into the kernel's _ids.
+SPANS_CELL = (
+    "%%trace {name}\n"
+    "_ids.append(format(_t.get_current_span().get_span_context().span_id, '016x'))\n"
+    "for _i in range({n}):\n"
+    "    with _t.get_tracer('lib').start_as_current_span('{name}-child') as _s:\n"
+    "        _ids.append(format(_s.get_span_context().span_id, '016x'))\n"
+)
+
+
+def _counters(kernel) -> Counter:
+    """The status display's pending, sent and failed counters, as the kernel holds them."""
+    pending, sent, failed = kernel.value(f"[{EXT}.status.pending, {EXT}.status.sent, {EXT}.status.failed]")
+    return +Counter(pending=pending, sent=sent, failed=failed)
+
+
+def _received(receiver) -> Counter:
+    """How many times the receiver got each span id, answered or not."""
+    return Counter(span.span_id for request in receiver.requests for span in request.spans)
+
+
+def test_a_backend_slower_than_export_timeout_gets_each_span_at_most_twice(start_kernel, receiver, store_path):
+    from .otlp_receiver import Delay
+    from .test_faults import store_rows, traced_kernel
+
+    timeout = 1.0
+    receiver.default = Delay(1.5 * timeout)  # every answer comes after the client's first time limit
+    kernel = traced_kernel(start_kernel, receiver, f"export_timeout = {timeout}", "max_batch_spans = 10")
+    kernel.ok(SPANS_CELL.format(name="slow", n=29))  # 30 spans: three requests
+    out = kernel.ok("%trace flush --timeout 30", timeout=60).stdout
+    produced = kernel.value("_ids")
+    received = _received(receiver)
+    deliveries = f"{sum(received.values())} deliveries of {len(produced)} spans, {len(received)} ids received: {out}"
+    assert max(received.values()) <= 2, deliveries
+    assert len(produced) == 30 and set(received) == set(produced), deliveries
+    rows = store_rows(store_path)
+    states = Counter(rows[span_id][0] for span_id in produced)
+    assert states == Counter(sent=30), states
+    assert "0 still pending" in out, out
+    assert _counters(kernel) == states
+
+
+def test_the_time_limit_doubles_after_a_time_out_to_its_cap():
+    from trace_ext._delivery.policy import longer_timeout
+
+    def limits(export_timeout: float) -> list[float]:
+        out, limit = [], export_timeout
+        for _ in range(6):
+            limit = longer_timeout(limit, export_timeout)
+            out.append(limit)
+        return out
+
+    assert limits(10) == [20, 40, 60, 60, 60, 60]  # the default: a minute at most
+    assert limits(1) == [2, 4, 8, 8, 8, 8]  # 8 x the setting
+    assert limits(100) == [100] * 6  # never below what the user set
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+def test_partial_success_fails_its_whole_batch_in_store_and_counters_and_retry_sends_it(
+    start_kernel, receiver, store_path, protocol
+):
+    from .otlp_receiver import PartialSuccess
+    from .test_faults import status_text, store_rows, traced_kernel
+
+    receiver.script(PartialSuccess(2, "2 spans had an empty name"))  # the first request; then all is accepted
+    kernel = traced_kernel(start_kernel, receiver, f"protocol = {protocol!r}", "max_batch_spans = 6")
+    kernel.ok(SPANS_CELL.format(name="partial", n=11))  # 12 spans: two requests of 6
+    out = kernel.ok("%trace flush --timeout 20", timeout=50).stdout
+    produced = kernel.value("_ids")
+    assert len(produced) == 12 and "0 still pending" in out, out
+    first = receiver.requests[0]
+    batch = {span.span_id for span in first.spans}
+    assert len(batch) == 6 and first.content_type.startswith(f"application/{protocol.removeprefix('http/').replace('protobuf', 'x-protobuf')}")
+
+    rows = store_rows(store_path)
+    failed = {span_id for span_id, (state, _) in rows.items() if state == "failed"}
+    assert failed == batch, (len(failed), len(batch))
+    host = f"127.0.0.1:{receiver.port}"
+    reason = rows[min(batch)][1]
+    assert reason == (
+        f"{host} accepted 4 of these 6 spans and rejected 2 without saying which, so all 6 count as failed: "
+        "2 spans had an empty name."
+    ), reason
+    shown = status_text(kernel)
+    assert f"6 spans failed: {reason} `%trace retry` sends them again." in shown, shown
+    states = Counter(rows[span_id][0] for span_id in produced)
+    assert states == Counter(sent=6, failed=6), states
+    assert _counters(kernel) == states  # the display counts what the store holds
+
+    assert kernel.ok("%trace retry").stdout.strip().startswith("6 failed spans queued again."), "retry"
+    out = kernel.ok("%trace flush --timeout 20", timeout=50).stdout
+    assert "0 still pending" in out, out
+    rows = store_rows(store_path)
+    states = Counter(rows[span_id][0] for span_id in produced)
+    assert states == Counter(sent=12), states
+    assert _counters(kernel) == states
+    received = _received(receiver)
+    assert set(received) == set(produced)
+    assert {span_id for span_id, n in received.items() if n == 2} == batch  # retry sent the batch again, all of it

@@ -175,7 +175,10 @@ class TraceExt(Configurable):
 
     export_timeout = Float(
         10.0,
-        help="Seconds one export request may take before it is retried.",
+        help=(
+            "Seconds one export request may take before it is retried; after a time-out the next "
+            "try waits twice as long, up to 8 times this (and at most 60 s unless this is longer)."
+        ),
     ).tag(config=True)
 
     max_batch_spans = Int(

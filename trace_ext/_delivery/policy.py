@@ -7,6 +7,10 @@
   batch: halve it until only the refused span fails) or ``TooLarge`` (413 on a
   single span).
 - Retries back off exponentially with jitter, 1 s doubling to 30 s.
+- A request that timed out is tried again with twice the time limit (up to
+  ``longer_timeout``'s cap): a backend slower than ``export_timeout`` did get
+  the batch, and giving up on it at the same limit again would send it again
+  for ever. An answer within ``export_timeout`` puts the limit back.
 - A single span refused as too large is not lost: it is re-encoded with its
   longest string and bytes values cut (with the marker ``truncate()`` writes),
   the limit halving on each try down to a floor, and sent again. Only a span
@@ -35,13 +39,20 @@ from .._store.store import Claimed
 
 __all__ = [
     "BACKOFF_CAP", "CERTIFICATE_SETTING", "FLOOR", "MAX_TRIES", "SPLIT", "Failed", "Outcome", "Retry",
-    "Sent", "TooLarge", "backoff_delay", "certificate_problem", "classify", "deliver_shrunk",
-    "longest_value", "short", "shrink_limits", "shrink_span", "untrusted",
+    "Sent", "TIMEOUT_CAP", "TIMEOUT_GROWTH", "TooLarge", "backoff_delay", "certificate_problem", "classify",
+    "deliver_shrunk", "longer_timeout", "longest_value", "short", "shrink_limits", "shrink_span", "untrusted",
 ]
 
 RETRY_AFTER_CAP = 3600.0  # seconds: a larger Retry-After is taken as this
 BACKOFF_BASE = 1.0  # seconds before the first retry
 BACKOFF_CAP = 30.0  # seconds: retries never space out further than this
+# A timed-out request's time limit doubles up to TIMEOUT_GROWTH times export_timeout, and
+# never past TIMEOUT_CAP (unless export_timeout itself is longer): enough for a backend
+# 8 times slower than the setting to answer (a first time-out at 10 s is followed by
+# waits of 20, 40 and 60 s), while a backend that hangs holds the sender for at most a
+# minute per try (its lease, twice the limit, still outlasts the request).
+TIMEOUT_GROWTH = 8.0
+TIMEOUT_CAP = 60.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,9 @@ class Retry:
     delay: float | None  # the server's Retry-After, if it gave one
     reason: str
     auth: bool = False
+    # No (whole) answer within the request's time limit: the server may have the spans
+    # already, so the next try waits longer for its answer (longer_timeout).
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,12 @@ CERTIFICATE_SETTING = "TraceExt.certificate (or OTEL_EXPORTER_OTLP_CERTIFICATE)"
 def backoff_delay(attempt: int) -> float:
     """Seconds before retry ``attempt`` (from 0): doubling to the cap; jitter keeps kernels out of step."""
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 32)) * random.uniform(0.5, 1.0)
+
+
+def longer_timeout(timeout: float, export_timeout: float) -> float:
+    """The time limit for the request after one that timed out with ``timeout`` seconds."""
+    cap = max(export_timeout, min(TIMEOUT_GROWTH * export_timeout, TIMEOUT_CAP))
+    return min(2 * timeout, cap)
 
 
 def classify(response: httpx.Response, host: str, count: int) -> Outcome:

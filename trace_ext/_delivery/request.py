@@ -131,13 +131,16 @@ def export(
     try:
         response = _post(client, config.destination.url, body, headers, timeout)
     except _TooSlow:
-        return Retry(None, f"{host} did not finish answering within {timeout:g} s; retrying.")
+        return Retry(None, f"{host} did not finish answering within {timeout:g} s; retrying.", timed_out=True)
     except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
         # A header the HTTP client refuses to send (a line break, characters that aren't
         # ASCII). Its text quotes the value, which may be a key: it is never shown.
         return Retry(None, bad_header(exc))
-    except httpx.TimeoutException:
-        return Retry(None, f"{host} did not answer within {timeout:g} s; retrying.")
+    except httpx.TimeoutException as exc:
+        # Only a read time-out means the server had the whole request (and may keep it):
+        # then the next try waits longer. Not connecting in time sent it nothing.
+        reason = f"{host} did not answer within {timeout:g} s; retrying."
+        return Retry(None, reason, timed_out=isinstance(exc, httpx.ReadTimeout))
     except httpx.ConnectError as exc:
         problem = certificate_problem(exc)
         if problem is not None:

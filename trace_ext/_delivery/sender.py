@@ -30,6 +30,7 @@ from .policy import (
     TooLarge,
     backoff_delay,
     deliver_shrunk,
+    longer_timeout,
 )
 from .request import encode_batch, export, new_client
 from .status import DeliveryReport, DeliveryState, DeliveryStatus
@@ -61,6 +62,10 @@ class Sender:
         self._attempt = 0
         self._retry_at = 0.0  # epoch seconds; no request before it
         self._server_wait_until = 0.0  # epoch seconds: the server's own Retry-After
+        # Seconds the next request waits for its answer (None: export_timeout): longer
+        # after a time-out (see policy.longer_timeout), back to export_timeout once an
+        # answer comes within it.
+        self._timeout: float | None = None
         self._deadline: float | None = None  # monotonic; set while shutting down
         self._in_flight: list[int] = []  # store ids of the request being sent
         self._checkpointed = 0.0  # monotonic time of the last checkpoint
@@ -87,6 +92,7 @@ class Sender:
             return
         self._config = config
         self._attempt, self._retry_at, self._server_wait_until = 0, 0.0, 0.0
+        self._timeout = None
         self._trouble_over()  # it was the old destination's
         self._flush_now = True
         self._wake.set()
@@ -204,9 +210,9 @@ class Sender:
                 return
             if self._config is not config:
                 return  # reconfigured mid-way: the next step uses the new settings
-            batch = self._store.claim(
-                config.max_batch_spans, config.max_batch_bytes, max(30.0, 2 * config.export_timeout)
-            )
+            # The lease outlasts the request, however long it may now wait for its answer.
+            lease = max(30.0, 2 * (self._timeout or config.export_timeout))
+            batch = self._store.claim(config.max_batch_spans, config.max_batch_bytes, lease)
             if not batch:
                 self._attempt = 0
                 self._set_state(DeliveryState.IDLE)
@@ -291,16 +297,27 @@ class Sender:
         except ValueError as exc:
             return Retry(None, str(exc))
         body, headers = encode_batch(config, self._store.origins(span.origin for span in batch), batch)
-        timeout = config.export_timeout
+        limit = self._timeout or config.export_timeout
+        timeout = limit
         if self._deadline is not None:
             timeout = max(min(timeout, self._deadline - time.monotonic()), 0.1)
         self._set_state(DeliveryState.SENDING)
         ids = [span.id for span in batch]
         self._in_flight = ids
+        started = time.monotonic()
         try:
             outcome = export(client, config, body, headers, len(ids), timeout)
         finally:
             self._in_flight = []
+        if isinstance(outcome, Retry):
+            if outcome.timed_out:
+                # The server may have the batch: giving up at the same limit again would
+                # send it again after every time-out, for ever.
+                self._timeout = longer_timeout(limit, config.export_timeout)
+        elif time.monotonic() - started <= config.export_timeout:
+            self._timeout = None  # answered within the setting: back to it
+        # An answer slower than export_timeout keeps the longer limit: the next batch
+        # would time out at export_timeout and be sent twice.
         if isinstance(outcome, Sent):
             self._record_sent(config, ids, outcome, note)
             return None
@@ -310,21 +327,30 @@ class Sender:
         return outcome
 
     def _record_sent(self, config: SenderConfig, ids: list[int], outcome: Sent, note: str | None) -> None:
-        rejected = None
         if outcome.rejected:
-            rejected = (
-                f"{config.destination.host} rejected {outcome.rejected} of {len(ids)} spans "
-                f"in this request: {outcome.message}"
-            )
-        self._store.mark_sent(ids, "; ".join(filter(None, [note, rejected])) or None)
+            # OTLP's partial_success counts the spans the server dropped but never says
+            # which: every span of the request is failed, so the store, the counters and
+            # `%trace retry` agree by id (a retry sends the accepted ones again too). The
+            # reason gives no advice: every display of failed spans adds `%trace retry`.
+            host, count, rejected = config.destination.host, len(ids), outcome.rejected
+            said = f": {outcome.message.rstrip('.')}" if outcome.message else ""
+            if rejected >= count:
+                reason = f"{host} rejected {'this span' if count == 1 else f'these {count} spans'}{said}."
+            else:
+                reason = (
+                    f"{host} accepted {count - rejected} of these {count} spans and rejected {rejected} "
+                    f"without saying which, so all {count} count as failed{said}."
+                )
+            self._record_failed(ids, f"{note}; {reason}" if note else reason)
+            self._status.last_delivery = time.time()  # a 2xx all the same
+            return
+        self._store.mark_sent(ids, note)
         with self._status.lock, self._status.hold_trait_notifications():
-            self._status.add(sent=len(ids) - outcome.rejected, failed=outcome.rejected)
+            self._status.add(sent=len(ids))
             self._status.last_delivery = time.time()
             if self._delivery_trouble:  # recovered: don't keep showing the old problem
                 self._status.last_error = ""
-            self._delivery_trouble = bool(rejected)
-            if rejected:
-                self._status.last_error = rejected + "."
+            self._delivery_trouble = False
 
     def _record_failed(self, ids: list[int], reason: str) -> None:
         self._store.mark_failed(ids, reason)
