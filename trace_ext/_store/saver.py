@@ -1,11 +1,15 @@
 """The saver: ended spans from the processor's buffer into the journal, and the journal into the store.
 
-One named daemon thread, ``trace_ext-saver``, per extension. Every
-``SAVE_INTERVAL`` seconds (sooner when the buffer grows by thousands) it saves
-what the buffer holds to this kernel's journal file (:mod:`.journal`): one
-``os.write``, which no other writer's lock can hold up. Then it imports the
-journal into the SQLite store, in transactions of bounded size, as fast as
-SQLite takes them; a lock held elsewhere only delays that import.
+Two named daemon threads per extension. Every ``SAVE_INTERVAL`` seconds
+(sooner when the buffer grows by thousands) ``trace_ext-saver`` saves what the
+buffer holds to this kernel's journal file (:mod:`.journal`): one
+``os.write``, which no other writer's lock can hold up. ``trace_ext-importer``
+imports the journal into the SQLite store, in transactions of bounded size, as
+fast as SQLite takes them; a lock held elsewhere only delays that import. They
+are two threads so that saving never waits behind an import: during a cell
+busy making spans, SQLite gives up the GIL at every row and waits for it again,
+and one import round took up to 1.8 s, while the buffer grew by tens of
+thousands of spans that the post-cell hook then had to save.
 
 So a span is durable within ``SAVE_INTERVAL`` of ending, in a cell or not,
 and the post-cell hook (:meth:`Saver.save`) only appends what the thread has
@@ -79,9 +83,11 @@ class Saver:
         # so whoever sets the counters from the store under it never counts a save twice.
         self._count_lock = count_lock or threading.RLock()
         self._lock = threading.Lock()  # one save at a time: peek, write, drop
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # save now
+        self._import_wake = threading.Event()  # import now
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._importer: threading.Thread | None = None
         self._others_at = 0.0  # monotonic: next look for dead kernels' journals
         self._older: list[str] = []  # this kernel's earlier journal files, not yet removed
         self.journal: Journal | None = None
@@ -98,7 +104,9 @@ class Saver:
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="trace_ext-saver", daemon=True)
+            self._importer = threading.Thread(target=self._run_imports, name="trace_ext-importer", daemon=True)
             self._thread.start()
+            self._importer.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -201,9 +209,10 @@ class Saver:
         deadline = time.monotonic() + max(timeout, 0.0)
         self._stopping = True
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(max(deadline - time.monotonic(), 0.0))
+        self._import_wake.set()
+        for thread in (self._thread, self._importer):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(deadline - time.monotonic(), 0.0))
         journal = self.journal
         try:
             if self.sync(max(deadline - time.monotonic(), 0.0)) and journal is not None:
@@ -233,16 +242,27 @@ class Saver:
                 return
             try:
                 self.save()
+            except Exception as exc:  # keep the thread alive whatever happens
+                log.exception("trace_ext saver step failed")
+                self._on_error(f"trace_ext could not save its spans: {exc}.")
+            self._import_wake.set()  # after each save (the post-cell hook's too: it wakes this thread)
+
+    def _run_imports(self) -> None:
+        while not self._stopping:
+            self._import_wake.wait(SAVE_INTERVAL)
+            self._import_wake.clear()
+            if self._stopping:
+                return
+            try:
                 running = self._cell_time()
                 if running is not None and running < QUIET_CELL:
                     continue  # the import waits for the cell's end, or for QUIET_CELL
                 before = self.backlog()
                 if before or self._older:
-                    # A round at a time (it encodes): saving the buffer must not wait
-                    # behind a big backlog; the next round follows at once if this one
-                    # moved on (not in memory mode, or with the lock held elsewhere).
+                    # A round at a time; the next one follows at once if this one moved
+                    # on (not in memory mode, or with the lock held elsewhere).
                     if not self.import_now(max_rounds=1) and self.backlog() < before:
-                        self._wake.set()
+                        self._import_wake.set()
                     self._on_imported()
                 if time.monotonic() >= self._others_at:
                     self._others_at = time.monotonic() + OTHERS_INTERVAL
@@ -250,7 +270,7 @@ class Saver:
             except sqlite3.OperationalError:
                 pass  # the store is locked beyond the busy timeout: the journal holds the spans
             except Exception as exc:  # keep the thread alive whatever happens
-                log.exception("trace_ext saver step failed")
+                log.exception("trace_ext import step failed")
                 self._on_error(f"trace_ext could not import its journal into the store: {exc}.")
 
     def _import_others(self) -> None:
