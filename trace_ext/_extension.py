@@ -267,12 +267,14 @@ class Extension:
     def save(self) -> None:
         """Save buffered spans (to the journal): durable once this returns.
 
-        The saver thread imports them into the store (encoding them is part of
+        The importer thread imports them into the store (encoding them is part of
         that) and then wakes the sender: nothing here waits on SQLite's lock,
         another writer, or the encoding of a big cell's spans.
         """
         self.saver.save()
-        self.saver.wake()
+        # Only the importer: the hook has just saved, and every thread it wakes
+        # competes with the rest of the hook for the GIL.
+        self.saver.wake_import()
 
     def _new_saver(self, store) -> Saver:
         def state() -> SpanState:

@@ -109,7 +109,12 @@ class Saver:
             self._importer.start()
 
     def wake(self) -> None:
+        """Save now (then import)."""
         self._wake.set()
+
+    def wake_import(self) -> None:
+        """Import now: after a save by another thread (the post-cell hook's), there is nothing to save."""
+        self._import_wake.set()
 
     def save(self) -> int:
         """Save everything the buffer holds now: durable once this returns. How many were saved."""
