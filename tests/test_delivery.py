@@ -9,6 +9,7 @@ import pytest
 
 from trace_ext._store.store import SpanStore
 
+from .conftest import journals_imported, wait_until
 from .otlp_receiver import Delay, Hang
 
 NESTED = (
@@ -21,6 +22,9 @@ NESTED = (
 
 
 def store_counts(store_path):
+    # What the kernel saved is in its journal; the importer thread moves it into the
+    # store file just after the cell, so wait for that before counting the file.
+    assert wait_until(lambda: journals_imported(store_path), 20), "the journal was not imported within 20 s"
     store = SpanStore(str(store_path))
     try:
         return store.counts()

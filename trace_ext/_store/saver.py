@@ -15,11 +15,12 @@ So a span is durable within ``SAVE_INTERVAL`` of ending, in a cell or not,
 and the post-cell hook (:meth:`Saver.save`) only appends what the thread has
 not yet saved. Saving takes each span as plain data; encoding it into OTLP is
 part of the import. While a cell runs, for its first ``QUIET_CELL`` seconds,
-the thread only saves: the cell shares the interpreter with no encoding, no
+nothing is imported: the cell shares the interpreter with no encoding, no
 SQLite and no sending of its own spans, and all of that happens once it ends
-(a longer cell has its spans imported, and so sent, while it runs). The buffer is read, written, and only then emptied (``peek``,
-write, ``drop``): an exception anywhere before the write leaves the spans in
-the buffer, none is dropped.
+(a longer cell has its spans imported, and so sent, while it runs). The
+buffer is read, written, and only then emptied (``peek``, write, ``drop``):
+an exception anywhere before the write leaves the spans in the buffer, none
+is dropped.
 
 While the store is in memory mode (its file can't be written) spans are saved
 into that memory directly, as the store alone would, and the journal waits.
@@ -46,7 +47,7 @@ log = logging.getLogger("trace_ext")
 SAVE_INTERVAL = 0.2  # seconds: the longest a span ended outside a cell waits to be durable
 FRAME_SPANS = 2000  # spans per journal frame at most (one frame is imported in one transaction)
 OTHERS_INTERVAL = 5.0  # seconds between looks for journals dead kernels left
-QUIET_CELL = 2.0  # seconds of a running cell during which the saver only saves (see the module doc)
+QUIET_CELL = 2.0  # seconds of a running cell during which nothing is imported (see the module doc)
 ROTATE_BYTES = 16 * 2**20  # a fully imported journal file past this size is replaced by a new one
 
 _LIVE_STEMS: set[str] = set()  # journals of this process's savers now running (others here are left over)
@@ -239,44 +240,49 @@ class Saver:
 
     # -- the thread -----------------------------------------------------------
 
-    def _run(self) -> None:
+    def _loop(self, wake: threading.Event, step: Callable[[], None]) -> None:
+        """Each thread's body: ``step`` when woken, or every ``SAVE_INTERVAL``, until stopped."""
         while not self._stopping:
-            self._wake.wait(SAVE_INTERVAL)
-            self._wake.clear()
+            wake.wait(SAVE_INTERVAL)
+            wake.clear()
             if self._stopping:
                 return
-            try:
-                self.save()
-            except Exception as exc:  # keep the thread alive whatever happens
-                log.exception("trace_ext saver step failed")
-                self._on_error(f"trace_ext could not save its spans: {exc}.")
-            self._import_wake.set()  # after each save (the post-cell hook's too: it wakes this thread)
+            step()
+
+    def _run(self) -> None:
+        self._loop(self._wake, self._save_step)
 
     def _run_imports(self) -> None:
-        while not self._stopping:
-            self._import_wake.wait(SAVE_INTERVAL)
-            self._import_wake.clear()
-            if self._stopping:
-                return
-            try:
-                running = self._cell_time()
-                if running is not None and running < QUIET_CELL:
-                    continue  # the import waits for the cell's end, or for QUIET_CELL
-                before = self.backlog()
-                if before or self._older:
-                    # A round at a time; the next one follows at once if this one moved
-                    # on (not in memory mode, or with the lock held elsewhere).
-                    if not self.import_now(max_rounds=1) and self.backlog() < before:
-                        self._import_wake.set()
-                    self._on_imported()
-                if time.monotonic() >= self._others_at:
-                    self._others_at = time.monotonic() + OTHERS_INTERVAL
-                    self._import_others()
-            except sqlite3.OperationalError:
-                pass  # the store is locked beyond the busy timeout: the journal holds the spans
-            except Exception as exc:  # keep the thread alive whatever happens
-                log.exception("trace_ext import step failed")
-                self._on_error(f"trace_ext could not import its journal into the store: {exc}.")
+        self._loop(self._import_wake, self._import_step)
+
+    def _save_step(self) -> None:
+        try:
+            self.save()
+        except Exception as exc:  # keep the thread alive whatever happens
+            log.exception("trace_ext saver step failed")
+            self._on_error(f"trace_ext could not save its spans: {exc}.")
+        self._import_wake.set()  # what it saved can be imported (the post-cell hook wakes the importer itself)
+
+    def _import_step(self) -> None:
+        try:
+            running = self._cell_time()
+            if running is not None and running < QUIET_CELL:
+                return  # the import waits for the cell's end, or for QUIET_CELL
+            before = self.backlog()
+            if before or self._older:
+                # A round at a time; the next one follows at once if this one moved
+                # on (not in memory mode, or with the lock held elsewhere).
+                if not self.import_now(max_rounds=1) and self.backlog() < before:
+                    self._import_wake.set()
+                self._on_imported()
+            if time.monotonic() >= self._others_at:
+                self._others_at = time.monotonic() + OTHERS_INTERVAL
+                self._import_others()
+        except sqlite3.OperationalError:
+            pass  # the store is locked beyond the busy timeout: the journal holds the spans
+        except Exception as exc:  # keep the thread alive whatever happens
+            log.exception("trace_ext import step failed")
+            self._on_error(f"trace_ext could not import its journal into the store: {exc}.")
 
     def _import_others(self) -> None:
         """Import (and remove) journals of kernels that are gone, or of an earlier load in this process."""
