@@ -50,7 +50,7 @@ def _one(key: str, kind: str, n: int, workdir: str, e2e_timeout: float) -> tuple
 
 def run(args, workdir: str) -> list[str]:
     n = args.spans
-    rounds = {"healthy": args.rounds, "down": max(1, args.rounds - 1), "hung": 1}
+    rounds = {"healthy": args.rounds, "down": max(1, args.rounds - 1), "hung": max(1, args.rounds - 1)}
     kinds = [k for k in BACKENDS if k in args.backends]
     cost = {(key, kind): [] for key in ROWS for kind in kinds}
     cpu = {(key, kind, what): [] for key in ROWS for kind in kinds for what in (1, 2)}

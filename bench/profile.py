@@ -10,13 +10,19 @@ shares matter, not its totals). Buckets group the profile's own time
 (``tottime``) by module: the OpenTelemetry SDK making and ending spans,
 trace_ext's ``on_end`` (redaction, watch), its OTLP encoding, the store's
 save, SQLite, and the rest.
+
+Then the garbage collector's share, peer beside peer (one kernel each): the
+time spent in collections during the same cell, read from ``gc.callbacks``.
+A span a processor keeps after its end is a dozen objects the collector walks
+at every collection until they are let go; this is what made trace_ext keep
+snapshots instead of the SDK's spans.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ._run import PEERS, backend, session, span_loop
+from ._run import PEERS, START, backend, session, span_loop
 
 __all__ = ["run"]
 
@@ -109,8 +115,49 @@ def _bench_profile_cell(n, profile):
     return result
 '''
 
+# The garbage collector's time and collections per generation, from gc.callbacks.
+_GC_PROBE = r'''
+import gc as _gc, time as _gt
+_gc_seen = {"s": 0.0, "n": [0, 0, 0], "t0": None}
+def _gc_watch(phase, info):
+    if phase == "start":
+        _gc_seen["t0"] = _gt.perf_counter()
+    elif _gc_seen["t0"] is not None:
+        _gc_seen["s"] += _gt.perf_counter() - _gc_seen["t0"]
+        _gc_seen["n"][info["generation"]] += 1
+        _gc_seen["t0"] = None
+_gc.callbacks.append(_gc_watch)
+'''
+GC_PEERS = ("bare", "bsp", "trace_ext")
+
+
+def _gc_rows(n: int, workdir: str) -> list[str]:
+    rows = []
+    for key in GC_PEERS:
+        peer = PEERS[key]
+        queue = n + 3_000 if key == "bsp" else None  # as in the cost question: it drops nothing
+        with backend("healthy") as receiver, session(peer, receiver, workdir, queue) as s:
+            s.ok(_GC_PROBE)
+            s.ok(span_loop(2_000, "warm"))
+            s.settle()
+            s.ok('_gc_seen["s"] = 0.0; _gc_seen["n"] = [0, 0, 0]')
+            s.timed(START + span_loop(n, "step"))
+            wall = s.kernel.value('_bench["cells"][-1][0]')
+            seconds, counts = s.kernel.value('[_gc_seen["s"], _gc_seen["n"]]')
+        rows.append(f"| {peer.label} | {wall / n * 1e6:.1f} | {seconds / n * 1e6:.1f} | "
+                    f"{seconds / wall:.0%} | {counts[0]} / {counts[1]} / {counts[2]} |")
+    return [
+        "",
+        f"The garbage collector during the same cell ({n:,} spans, post-cell hook included), one kernel per row:",
+        "",
+        "| set-up | cell µs/span | of it in the garbage collector, µs/span | share | collections (generation 0 / 1 / 2) |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 BUCKETS = (
-    ("trace_ext OTLP encoding (trace_ext/_otlp.py)", ("trace_ext/_otlp",)),
+    ("trace_ext snapshots (at on_end) and OTLP encoding (trace_ext/_otlp.py)", ("trace_ext/_otlp",)),
     ("trace_ext on_end: redaction, watch, buffer (trace_ext/_recording, _redact)", ("trace_ext/_recording", "trace_ext/_redact")),
     ("trace_ext store save (trace_ext/_store)", ("trace_ext/_store",)),
     ("SQLite (sqlite3 C calls)", ("sqlite3",)),
@@ -193,4 +240,6 @@ def run(args, workdir: str) -> list[str]:
         f"{idle[-1] * 1e3:.2f} ms; cells back to back (the sender still delivering the previous cell) median "
         f"{busy[len(busy) // 2] * 1e3:.2f} ms, max {busy[-1] * 1e3:.2f} ms.",
     ]
+    lines += _gc_rows(n, workdir)
+    print("  profile: garbage collector done", file=sys.stderr, flush=True)
     return lines

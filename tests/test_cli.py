@@ -16,7 +16,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from trace_ext.__main__ import DISPLAY_NAME, KERNEL_NAME, kernelspec
 from trace_ext._store.store import SpanStore
 
-from .conftest import ROOT, clean_env, require
+from .conftest import ROOT, clean_env, require, wait_until
 from .kernel import Kernel
 
 QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
@@ -145,7 +145,8 @@ def test_installed_kernelspec_loads_trace_ext_and_uninstalls(tmp_path, store_pat
         # No %load_ext: the kernelspec loaded it.
         assert kernel.value("'trace' in get_ipython().magics_manager.magics['cell']") is True
         kernel.ok("%%trace from-kernelspec\n40 + 2")
-        assert spans_named(store_path, "from-kernelspec")  # stored before the cell replied
+        # Durable (in the journal) before the cell replied; in the store file once imported.
+        assert wait_until(lambda: spans_named(store_path, "from-kernelspec"), 20)
     finally:
         kernel.shutdown(now=True)
 

@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from trace_ext._store.store import SpanStore
 
+from .conftest import journals_imported, wait_until
 from .otlp_receiver import Respond, otlp_json_to_proto_dict
 from .test_cli import cli
 
@@ -37,7 +38,8 @@ def record_locally(kernel) -> None:
 
 
 def stored(store_path: Path) -> dict[str, tuple[str, str]]:
-    """span id -> (trace id, state), for every span in the store."""
+    """span id -> (trace id, state), for every span in the store (once the kernel has imported its journal)."""
+    wait_until(lambda: journals_imported(store_path), 20)
     db = SpanStore(str(store_path))
     try:
         return {s.span_id: (s.trace_id, s.state) for t in db.recent_traces(1000) for s in t}

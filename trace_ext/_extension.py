@@ -37,7 +37,8 @@ from ._display.widget import SHOWN_BY_BUTTON, Actions, StatusDisplay, in_a_cell
 from ._log import LOG_FILTER, log, log_to_process_stderr
 from ._redact import Redactor, secrets_of
 from ._sdks.sdks import Sdks
-from ._store.saver import Saver
+from ._store.export import export_json_lines
+from ._store.saver import REPLY_GRACE, Saver
 from ._store.schema import SpanState
 from ._store.store import open_store
 from .config import settings_from
@@ -273,8 +274,9 @@ class Extension:
         """
         self.saver.save()
         # Only the importer: the hook has just saved, and every thread it wakes
-        # competes with the rest of the hook for the GIL.
-        self.saver.wake_import()
+        # competes with the rest of the hook for the GIL; and only once the
+        # kernel has replied, for the same reason.
+        self.saver.wake_import(after=REPLY_GRACE)
 
     def _new_saver(self, store) -> Saver:
         def state() -> SpanState:
@@ -442,6 +444,11 @@ class Extension:
         config = self.sender.config
         backend = backend_of(config.destination.url, config.destination.headers) if config else None
         return trace_view(self.store, query, backend)
+
+    def export(self, path: str, since: float = 0.0, trace_id: str | None = None) -> int:
+        """Write stored spans to ``path`` as OTLP JSON lines; how many."""
+        self.saver.sync(2.0)  # written from the store: import the journal first
+        return export_json_lines(self.store, path, since, trace_id)
 
     def send_local(self, since: float = 0.0, trace_id: str | None = None) -> str:
         """Queue spans kept locally (recorded with no destination) for the configured endpoint."""

@@ -18,7 +18,6 @@ from IPython.display import display
 from traitlets import TraitError
 
 from .._capture.cells import command_parser, parse_cell_args, split_words
-from .._store.export import export_json_lines
 from .traces import parse_since, trace_prefix
 from .view import FILTER_USAGE, add_filter_arguments, query_from
 
@@ -108,10 +107,9 @@ class TraceMagics(Magics):
             parser = _selection_parser("%trace export", _EXPORT_USAGE)
             parser.add_argument("file", metavar="FILE")
             ns = parser.parse_args(rest)
-            self._ext.save()
             path = os.path.abspath(os.path.expanduser(ns.file))
             try:
-                count = export_json_lines(self._ext.store, path, parse_since(ns.since), trace_prefix(ns.trace))
+                count = self._ext.export(path, parse_since(ns.since), trace_prefix(ns.trace))
             except OSError as exc:
                 raise UsageError(f"%trace export: could not write {path} ({exc.strerror or exc}).") from None
             print(f"Wrote {count} spans to {path} (OTLP JSON, one request per line).")

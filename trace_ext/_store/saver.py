@@ -13,8 +13,9 @@ thousands of spans that the post-cell hook then had to save.
 
 So a span is durable within ``SAVE_INTERVAL`` of ending, in a cell or not,
 and the post-cell hook (:meth:`Saver.save`) only appends what the thread has
-not yet saved. Saving takes each span as plain data; encoding it into OTLP is
-part of the import. While a cell runs, for its first ``QUIET_CELL`` seconds,
+not yet saved. The buffer holds each span as plain data already (see
+``_recording.processor``); encoding it into OTLP is part of the import, which
+starts ``REPLY_GRACE`` after a cell ends. While a cell runs, for its first ``QUIET_CELL`` seconds,
 nothing is imported: the cell shares the interpreter with no encoding, no
 SQLite and no sending of its own spans, and all of that happens once it ends
 (a longer cell has its spans imported, and so sent, while it runs). The
@@ -48,13 +49,17 @@ SAVE_INTERVAL = 0.2  # seconds: the longest a span ended outside a cell waits to
 FRAME_SPANS = 2000  # spans per journal frame at most (one frame is imported in one transaction)
 OTHERS_INTERVAL = 5.0  # seconds between looks for journals dead kernels left
 QUIET_CELL = 2.0  # seconds of a running cell during which nothing is imported (see the module doc)
+# Seconds the import waits after a cell ends, so the kernel's reply and its idle status go
+# out first: an import of a big cell's spans started at once took the GIL from them and
+# the cell was seen done 20-50 ms later (20,000 spans; 4 ms without trace_ext).
+REPLY_GRACE = 0.03
 ROTATE_BYTES = 16 * 2**20  # a fully imported journal file past this size is replaced by a new one
 
 _LIVE_STEMS: set[str] = set()  # journals of this process's savers now running (others here are left over)
 
 
 class Buffer(Protocol):
-    def peek(self, limit: int) -> tuple[int, list[tuple[Snapshot, bytes, bytes]]]: ...
+    def peek(self, limit: int) -> list[tuple[Snapshot, bytes, bytes]]: ...
     def drop(self, count: int) -> None: ...
     def buffered(self) -> int: ...
 
@@ -86,6 +91,7 @@ class Saver:
         self._lock = threading.Lock()  # one save at a time: peek, write, drop
         self._wake = threading.Event()  # save now
         self._import_wake = threading.Event()  # import now
+        self._import_after = 0.0  # monotonic: no import before (see REPLY_GRACE)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._importer: threading.Thread | None = None
@@ -113,8 +119,9 @@ class Saver:
         """Save now (then import)."""
         self._wake.set()
 
-    def wake_import(self) -> None:
-        """Import now: after a save by another thread (the post-cell hook's), there is nothing to save."""
+    def wake_import(self, after: float = 0.0) -> None:
+        """Import in ``after`` seconds: after a save by another thread (the post-cell hook's), there is nothing to save."""
+        self._import_after = time.monotonic() + after
         self._import_wake.set()
 
     def save(self) -> int:
@@ -124,26 +131,25 @@ class Saver:
             # What is there now, not what a busy thread adds meanwhile: this must end.
             left = self._buffer.buffered()
             while left > 0:
-                taken, snapshots = self._buffer.peek(min(left, FRAME_SPANS))
-                if not taken:
+                snapshots = self._buffer.peek(min(left, FRAME_SPANS))
+                if not snapshots:
                     return saved
                 state = self._state()
                 try:
-                    journaled = self._write(snapshots, state) if snapshots else False
+                    journaled = self._write(snapshots, state)
                 except (sqlite3.Error, OSError) as exc:
                     self._on_error(
                         f"Could not save {len(snapshots)} spans to {self.store.path} ({exc}); "
                         "they are kept in memory and saved again shortly."
                     )
                     return saved
-                self._buffer.drop(taken)
+                self._buffer.drop(len(snapshots))
                 saved += len(snapshots)
-                left -= taken
-                if snapshots:
-                    with self._count_lock:
-                        if journaled:
-                            self.store.journaled(len(snapshots), state)
-                        self._on_saved(len(snapshots), state)
+                left -= len(snapshots)
+                with self._count_lock:
+                    if journaled:
+                        self.store.journaled(len(snapshots), state)
+                    self._on_saved(len(snapshots), state)
             return saved
 
     def _write(self, snapshots: Sequence[tuple[Snapshot, bytes, bytes]], state: SpanState) -> bool:
@@ -196,19 +202,27 @@ class Saver:
         path, offset = self._imported
         return journal.size - (offset if path == journal.path else 0)
 
-    def sync(self, timeout: float) -> bool:
-        """Save the buffer, then import the journal, for at most about ``timeout`` seconds."""
+    def sync(self, timeout: float, others: bool = True) -> bool:
+        """Save the buffer, then import the journal, for at most about ``timeout`` seconds;
+        with ``others``, then the journals kernels that are gone left (their spans are
+        pending too: a flush that left them out would report 0 pending, then find more)."""
         self.save()
         deadline = time.monotonic() + timeout
         while True:
             try:
                 # A round at a time, so the deadline is looked at between rounds.
                 if self.import_now(wait=max(deadline - time.monotonic(), 0.0), max_rounds=1):
-                    return True
+                    break
             except sqlite3.Error:
                 pass  # locked past the deadline, or a file that can't take it: left for later
             if time.monotonic() >= deadline:
                 return False
+        if others:
+            try:
+                self._import_others(deadline)
+            except sqlite3.Error:
+                return False  # left to the importer thread
+        return True
 
     def stop(self, timeout: float) -> None:
         """Stop the thread within ``timeout`` seconds, saving the buffer and importing what time allows."""
@@ -221,7 +235,8 @@ class Saver:
                 thread.join(max(deadline - time.monotonic(), 0.0))
         journal = self.journal
         try:
-            if self.sync(max(deadline - time.monotonic(), 0.0)) and journal is not None:
+            # Others' journals are left to the next kernel: this is the exit, bounded.
+            if self.sync(max(deadline - time.monotonic(), 0.0), others=False) and journal is not None:
                 journal.close()
                 self.store.forget_journal(journal.path)  # all of it is in the store
         except Exception:  # what isn't imported stays in the journal, for the next kernel
@@ -265,7 +280,12 @@ class Saver:
 
     def _import_step(self) -> None:
         try:
-            running = self._cell_time()
+            pause = self._import_after - time.monotonic()
+            if pause > 0:
+                time.sleep(min(pause, REPLY_GRACE))
+                if self._stopping:
+                    return
+            running = self._cell_time()  # after the pause: the next cell may have begun
             if running is not None and running < QUIET_CELL:
                 return  # the import waits for the cell's end, or for QUIET_CELL
             before = self.backlog()
@@ -284,8 +304,9 @@ class Saver:
             log.exception("trace_ext import step failed")
             self._on_error(f"trace_ext could not import its journal into the store: {exc}.")
 
-    def _import_others(self) -> None:
-        """Import (and remove) journals of kernels that are gone, or of an earlier load in this process."""
+    def _import_others(self, deadline: float | None = None) -> None:
+        """Import (and remove) journals of kernels that are gone, or of an earlier load in this
+        process; with ``deadline`` (monotonic), only until then."""
         journal = self.journal
         if journal is None or self.store.in_memory:
             return
@@ -298,9 +319,12 @@ class Saver:
             if (here and stem_of(path) in _LIVE_STEMS) or not (here or owner_gone(path)):
                 continue
             while True:
-                _count, _offset, rest_unusable = self.store.import_journal(path, max_rounds=1)
+                wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                _count, _offset, rest_unusable = self.store.import_journal(path, wait, max_rounds=1)
                 if rest_unusable:
                     self.store.forget_journal(path)
                     break
                 if self._stopping or self.store.in_memory:
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
                     return
