@@ -189,8 +189,10 @@ def test_exit_with_a_busy_span_producer_and_a_hanging_backend_is_bounded(start_k
     # so this gets the issue's own bound, shutdown_timeout + 1 s.
     assert ours <= 2 + 1.0, f"trace_ext's exit work took {ours:.2f} s (shutdown_timeout = 2)"
     # The user's thread still makes spans (at no cost to trace_ext, whose processor is
-    # inert by then) while the interpreter tears down: at a load average of 11 that took
-    # 2.7 s on its own. The whole exit is only checked for being bounded (before: 15 s).
+    # inert by then) while the interpreter tears down. The whole exit (before: 15 s) took
+    # 2.28-2.58 s on a fast day of this 2-core machine, idle or with two other processes
+    # spinning, but the teardown alone took 2.7 s once at a load average of 11: the whole
+    # exit is checked for being bounded, not for the shutdown_timeout + 1 s.
     assert took <= 2 + 5, f"the kernel took {took:.2f} s to exit (shutdown_timeout = 2)"
     # What it saved is in the store (or its journal, for the next kernel), pending, never accepted.
     rows = store_rows(store_path)

@@ -363,14 +363,15 @@ def test_shutdown_with_a_hanging_backend_is_bounded_and_keeps_spans(start_kernel
         kernel.ok(CELL.format(name=f"stuck-{i}"))
     produced = kernel.value("_ids")
     assert receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout=20)  # one is in flight
-    took = timed_exit(kernel, 2 + 2.5)
+    took = timed_exit(kernel, 2 + 1)
     # trace_ext's own part of the exit stays within shutdown_timeout (with a margin for a
-    # busy machine). What follows is the kernel's own teardown, as without trace_ext: on
-    # this 2-core machine 0.6 s when idle, up to 1.9 s under load (see README, Bounded shutdown).
+    # busy machine); the kernel's own teardown follows, as without trace_ext. On this 2-core
+    # machine, idle or with two other processes spinning, the kernel was gone after
+    # 2.12-2.23 s, trace_ext's part 1.91 s: the bound, shutdown_timeout + 1 s, holds.
     ours = extension_exit_took(kernel)
     print(f"exit: trace_ext's part {ours:.2f} s, kernel gone after {took:.2f} s")
     assert ours <= 2 + 0.5, f"trace_ext's exit work took {ours:.2f} s (shutdown_timeout = 2)"
-    assert took <= 2 + 2.5, f"the kernel took {took:.2f} s to exit (shutdown_timeout = 2)"
+    assert took <= 2 + 1, f"the kernel took {took:.2f} s to exit (shutdown_timeout = 2)"
     # Still pending, and not leased: the next kernel may send them at once.
     assert assert_accounted(store_path, receiver, produced) == Counter(pending=6)
     conn = sqlite3.connect(str(store_path))

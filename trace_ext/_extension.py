@@ -176,6 +176,11 @@ class Extension:
             return  # a forked child's exit: the store, the spans and the sender are the parent's
         try:
             deadline = time.monotonic() + self.settings.shutdown_timeout
+            # A thread of the user's still running Python (making spans, say) holds the GIL
+            # for the whole switch interval (5 ms) each time this thread asks for it, and the
+            # exit asks hundreds of times: with a busy thread it overran shutdown_timeout by
+            # 0.3 s. The process is ending, so nothing else feels a shorter interval.
+            sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
             self.cells.end_open_span("The kernel exited while the cell ran.")
             # Spans ended from here on could not be saved anyway; a thread still making
             # them would only slow the exit down.
