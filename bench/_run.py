@@ -151,14 +151,17 @@ def _bench_held():
         held += len(queue) if queue is not None else 0
     return held
 """
-# What trace_ext's store holds: (pending, sent, bytes of the SQLite file and its log).
+# What trace_ext's store holds: (pending, sent, bytes of the SQLite file, its log and the
+# journals beside it: spans saved after back-to-back cells wait there for their import).
 STORED = """
 def _bench_stored():
     import os
     from trace_ext._extension import active
+    from trace_ext._store.journal import journal_files
     store = active(get_ipython()).store
     counts = store.counts()
-    size = sum(os.path.getsize(p) for p in (store.path, store.path + "-wal") if os.path.exists(p))
+    files = [store.path, store.path + "-wal", *journal_files(store.path)]
+    size = sum(os.path.getsize(p) for p in files if os.path.exists(p))
     return [counts.pending, counts.sent, size]
 """
 
