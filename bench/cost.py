@@ -2,7 +2,10 @@
 
 One fresh kernel per row and round; rows alternate within a round (every
 peer once, then the next round), so a change in the machine's load hits all
-rows alike. In each kernel: the peer's set-up, an untimed warm-up cell of
+rows alike; every other round runs them in reverse order, so that no row
+always follows the same neighbour (a kernel right after one of the Langfuse
+``flush()`` rows, which wait minutes on a down or hung backend, measured up
+to a fifth slower, whichever peer it ran). In each kernel: the peer's set-up, an untimed warm-up cell of
 ``WARM`` spans and its settle, then the timed cell of N spans (the loop of
 ``_run.span_loop``), timed client side from the execute request until the
 kernel is idle (the post-cell hook included). µs per span = that time / N.
@@ -58,7 +61,7 @@ def run(args, workdir: str) -> list[str]:
     delivered: dict[str, list[int]] = {key: [] for key in ROWS}
     for kind in kinds:
         for r in range(rounds[kind]):
-            for key in ROWS:
+            for key in (ROWS if r % 2 == 0 else ROWS[::-1]):
                 if key in BACKEND_FREE and kind != kinds[0]:
                     continue
                 seconds, inside, end_to_end, got = _one(key, kind, n, workdir, args.e2e_timeout)
@@ -117,7 +120,8 @@ def run(args, workdir: str) -> list[str]:
             ratio_notes.append(f"{kind}: {(ours - floor) / (bsp - floor):.2f}")
     out.append("")
     out.append(f"- rounds: {', '.join(f'{k} {rounds[k]}' for k in kinds)}; each round runs every row once, "
-               f"in the order of the table; warm-up cell of {WARM:,} spans per kernel, untimed.")
+               f"in the order of the table, every other round in reverse; warm-up cell of {WARM:,} spans per "
+               "kernel, untimed.")
     out.append("- µs trace_ext adds over the floor ÷ µs the batch processor adds (issue 13 asks ≤ 0.5 healthy, "
                "≤ 1 down or hung), wall time: " + ("; ".join(ratio_notes) or "–")
                + "; process CPU time: " + ("; ".join(cpu_notes) or "–"))
