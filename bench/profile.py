@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 
 from ._run import PEERS, START, backend, session, span_loop
+from .cost import WARM
 
 __all__ = ["run"]
 
@@ -135,10 +136,10 @@ def _gc_rows(n: int, workdir: str) -> list[str]:
     rows = []
     for key in GC_PEERS:
         peer = PEERS[key]
-        queue = n + 3_000 if key == "bsp" else None  # as in the cost question: it drops nothing
+        queue = n + WARM + 1_000 if key == "bsp" else None  # as in the cost question: it drops nothing
         with backend("healthy") as receiver, session(peer, receiver, workdir, queue) as s:
             s.ok(_GC_PROBE)
-            s.ok(span_loop(2_000, "warm"))
+            s.ok(span_loop(WARM, "warm"))
             s.settle()
             s.ok('_gc_seen["s"] = 0.0; _gc_seen["n"] = [0, 0, 0]')
             s.timed(START + span_loop(n, "step"))
