@@ -119,6 +119,35 @@ def test_retention_deletes_only_sent_spans_older_than_the_setting(store_path, sp
     store.close()
 
 
+def test_a_frame_imported_before_the_saver_counts_it_leaves_no_phantom_pending_span(store_path):
+    # The importer thread may import a frame the moment its write returns, before the saver
+    # has counted it as journaled. The count then went below 0, was clamped there, and the
+    # saver's count came on top: a flush waited 30 s for "2 still pending" spans that did not exist.
+    from trace_ext._store.saver import Saver
+    from trace_ext._store.schema import SpanState
+
+    processor, tracer = recording_tracer("race")
+    store = SpanStore(str(store_path))
+    saver = Saver(store, processor, lambda: SpanState.PENDING, lambda count, state: None, lambda message: None)
+    journal = saver.journal
+    write = journal.append
+
+    def write_then_import(snapshots, state):
+        write(snapshots, state)
+        store.import_journal(journal.path, own=True)  # the importer, between the write and the count
+
+    journal.append = write_then_import
+    for i in range(5):
+        tracer.start_span(f"s{i}").end()
+    assert saver.save() == 5
+    assert len(rows(store_path)) == 5
+    assert (store.pending(), store.counts().pending) == (5, 5)
+    send(store, 5)
+    assert (store.pending(), store.counts().pending, store.counts().sent) == (0, 0, 5)
+    saver.stop(1.0)
+    store.close()
+
+
 def test_size_cap_deletes_the_oldest_sent_spans_first_and_never_unsent_ones(store_path, spans):
     store = SpanStore(str(store_path))
     store.save(spans(300, payload=2000, prefix="a"), PENDING)

@@ -527,7 +527,10 @@ class SpanStore:
             if own:
                 with self._lock:
                     for state, count in by_state.items():
-                        self._journaled[state] = max(self._journaled.get(state, 0) - count, 0)
+                        # Not clamped at 0: the saver counts a frame once its write returns, and
+                        # this thread may import the frame before that (the count then dips below
+                        # 0 for a moment); clamped, those spans stayed counted as pending forever.
+                        self._journaled[state] = self._journaled.get(state, 0) - count
         return imported, offset, False
 
     def _journal_offset(self, name: str) -> int:
@@ -654,13 +657,13 @@ class SpanStore:
         by_state = dict(rows)
         for state, count in self._journaled.items():
             by_state[state] = by_state.get(state, 0) + count
-        return Counts(*(by_state.get(s, 0) for s in (LOCAL, PENDING, SENT, FAILED)))
+        return Counts(*(max(by_state.get(s, 0), 0) for s in (LOCAL, PENDING, SENT, FAILED)))
 
     def pending(self) -> int:
         """Pending spans: in the file (or memory), and in this process's journal, not yet imported."""
         with self._use() as conn:
             stored = conn.execute("SELECT COUNT(*) FROM spans WHERE state = ?", (PENDING,)).fetchone()[0]
-        return stored + self._journaled.get(PENDING, 0)
+        return max(stored + self._journaled.get(PENDING, 0), 0)
 
     def journaled(self, count: int, state: str) -> None:
         """``count`` spans in ``state`` went to this process's journal (counted until imported)."""
