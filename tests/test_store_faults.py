@@ -29,6 +29,7 @@ from trace_ext._store.store import LOCAL, MEMORY_IDS, PENDING, SpanStore, open_s
 
 from .conftest import journals_imported, recording_tracer, require, wait_until
 from .otlp_receiver import Respond
+from .test_faults import store_rows
 
 # -- helpers ----------------------------------------------------------------
 
@@ -563,7 +564,8 @@ def test_a_disk_full_then_partly_freed_leaves_memory_mode_and_a_kill_loses_nothi
         # The sender thread tries the file again, 5 s after the disk filled, then less often.
         assert wait_until(lambda: not kernel.value("active().store.in_memory"), 60), kernel.value("active().store.warning")
         log_size = (folder / "spans.sqlite3-wal").stat().st_size
-        assert log_size <= 2**20, f"the write-ahead log kept {log_size} bytes of the freed space"
+        # Its limit (1 MB) and a sender's try or two since the switch; before the fix, 2.6 MB.
+        assert log_size <= 1.5 * 2**20, f"the write-ahead log kept {log_size} bytes of the freed space"
         assert kernel.value("active().store.warning") == ""
         kernel.ok("%trace flush --timeout 0.5")  # the cell's spans saved (journal and store)
         kernel.ok(PRODUCE_IDS.format(n=100))  # more spans on the recovered disk stay on it
@@ -575,7 +577,9 @@ def test_a_disk_full_then_partly_freed_leaves_memory_mode_and_a_kill_loses_nothi
         assert wait_until(lambda: not kernel.km.is_alive(), 10)
         # The next kernel on the store imports what the killed one left in its journal.
         start_kernel(store=path).ok("%load_ext trace_ext\n%trace flush --timeout 0.5")
-        kept = {span_id for span_id, state in rows(path) if state == "pending"}
+        # Durable means in the table or in a journal beside it (what the disk had no room to
+        # import stays there, for whichever kernel finds room).
+        kept = {span_id for span_id, (state, _error) in store_rows(path).items() if state == "pending"}
         lost = set(produced) - kept
         assert not lost, f"a kill -9 after recovery lost {len(lost)} of {len(produced)} spans"
     finally:

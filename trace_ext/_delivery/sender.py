@@ -221,6 +221,12 @@ class Sender:
             with self._progress:
                 self._progress.notify_all()
             if retry is not None:
+                # A failed try rewrote its spans' pages twice (the lease, then its release), and
+                # the log keeps both until a checkpoint: with tries closer than the interval (a
+                # flush) it outgrew its limit by megabytes, and on a nearly full disk the next
+                # import failed for that space. Fold it now; the backend is not answering anyway.
+                self._checkpointed = time.monotonic()
+                self._store.checkpoint()
                 self._schedule_retry(retry)
                 return
             if self._stopping and self._deadline is None:
