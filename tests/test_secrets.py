@@ -150,23 +150,58 @@ def test_log_records_of_every_trace_ext_logger_are_redacted(tmp_path, store_path
 PASSWORD = "pw-in-the-url-4711"
 
 
-def test_a_header_the_http_client_refuses_is_never_shown_and_its_spans_wait(start_kernel, receiver, store_path):
+BAD_VALUES = [HEADER + "\n", "sécret-" + HEADER, HEADER + " "]  # a line break; not ASCII; a space at the end
+
+
+def test_a_header_value_no_request_can_carry_is_a_usage_error_never_shown(start_kernel, receiver, store_path):
+    receiver.require_headers = {"x-token": HEADER}
     kernel = start_kernel()
     kernel.ok(f"%load_ext trace_ext\n%config TraceExt.endpoint = {receiver.url!r}")
+    kernel.ok(f"%config TraceExt.headers = {{'X-Token': {HEADER!r}}}")
     kernel.ok(SETUP)
-    for n, bad in enumerate([HEADER + "\n", "sécret-" + HEADER]):  # a line break; not ASCII
-        kernel.ok(f"%config TraceExt.headers = {{'X-Token': {bad!r}}}")
-        kernel.ok(CELL.format(name=f"bad-header-{n}"))
-        assert kernel.wait_for(lambda: "header" in status_text(kernel), 20), status_text(kernel)
-        text = status_text(kernel) + "".join(kernel.label_history())
-        assert HEADER not in text and "Illegal header" not in text, text
-        assert "internal error" not in text, text
-    produced = kernel.value("_ids")
-    assert receiver.requests == []
-    assert assert_accounted(store_path, receiver, produced) == Counter(pending=4)
-    kernel.ok(f"%config TraceExt.headers = {{'X-Token': {HEADER!r}}}")  # fixed: they go
+    kernel.ok(CELL.format(name="good-value"))
+    for bad in BAD_VALUES:
+        refused = kernel.execute(f"%config TraceExt.headers = {{'X-Team': 'ml', 'X-Token': {bad!r}}}")
+        assert refused.status == "error", refused.text()
+        said = refused.text()
+        assert "UsageError" in said and "TraceExt.headers has a value no HTTP request can carry (header 2 of 2" in said
+        assert HEADER not in said and "sécret" not in said, said
+    kernel.ok(CELL.format(name="still-good"))  # the headers set before are still the ones used
     flushed(kernel)
+    produced = kernel.value("_ids")
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)
+    assert all(r.headers.get("x-token") == HEADER and "x-team" not in r.headers for r in receiver.requests)
+
+
+def test_a_header_value_in_the_environment_no_request_can_carry_holds_spans_until_fixed(
+    start_kernel, receiver, store_path
+):
+    from urllib.parse import quote
+
+    produced: list[str] = []
+    for n, bad in enumerate(BAD_VALUES):
+        kernel = start_kernel(
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url,
+            OTEL_EXPORTER_OTLP_HEADERS=f"x-team=ml,x-token={quote(bad)}",  # percent-encoded, as the variable wants
+        )
+        kernel.ok("%load_ext trace_ext")
+        kernel.ok(SETUP)
+        kernel.ok(CELL.format(name=f"bad-value-{n}"))
+        said = "OTEL_EXPORTER_OTLP_HEADERS has a value no HTTP request can carry (item 2;"
+        assert kernel.wait_for(lambda: said in status_text(kernel), 20), status_text(kernel)
+        seen = status_text(kernel) + "".join(kernel.label_history())
+        assert "Setting to fix" in seen and "internal error" not in seen and "Illegal header" not in seen, seen
+        assert HEADER not in seen and "sécret" not in seen, seen
+        produced += kernel.value("_ids")
+        assert receiver.requests == []  # no request could carry it: none was made
+        assert assert_accounted(store_path, receiver, produced) == Counter(pending=2 * (n + 1))  # kept, not failed
+        kernel.shutdown(now=True)
+
+    fixed = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url, OTEL_EXPORTER_OTLP_HEADERS=f"x-token={HEADER}")
+    fixed.ok("%load_ext trace_ext")
+    flushed(fixed)  # the spans the others kept go with the next kernel on the store
+    assert assert_accounted(store_path, receiver, produced) == Counter(sent=2 * len(BAD_VALUES))
+    assert receiver.requests and all(r.headers.get("x-token") == HEADER for r in receiver.requests)
 
 
 def test_a_password_in_the_endpoint_url_is_a_secret(start_kernel, receiver, store_path, tmp_path):

@@ -132,6 +132,14 @@ def test_cli_send_that_cannot_deliver_says_so_and_keeps_the_spans_local(start_ke
     assert {state for _t, state in stored(store_path).values()} == {"local"}
     bad = cli("send", "--endpoint", "ftp://nowhere", "--store", str(store_path))
     assert bad.returncode == 1 and "must be an http:// or https:// URL" in bad.stderr
+    # A header no request can carry, or a bare key, is said before anything is tried, and never shown.
+    key = "sk-pasted-key-5521"
+    for header, said in [(f"x-token=é{key}", "A --header has a value no HTTP request can carry (header 1 of 1;"),
+                         (f"bad name={key}", "A --header has a name that is not an HTTP header name (header 1 of 1;"),
+                         (key, "expected NAME=VALUE")]:
+        bad = cli("send", "--endpoint", receiver.url, "--store", str(store_path), "--header", header)
+        assert bad.returncode != 0 and said in bad.stderr and key not in bad.stderr, bad.stderr
+    assert {state for _t, state in stored(store_path).values()} == {"local"}
 
 
 def parse_export(path: Path) -> list:

@@ -123,8 +123,8 @@ def _selection(args: argparse.Namespace) -> tuple[float, str | None]:
 
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    if not sep or not name.strip():  # not echoed: it may be a pasted key
+        raise argparse.ArgumentTypeError("expected NAME=VALUE")
     return name.strip(), value.strip()
 
 
@@ -139,8 +139,9 @@ def _send(args: argparse.Namespace) -> int:
         if args.endpoint:
             settings.endpoint = args.endpoint
         settings.headers = dict(args.header)
-    except Exception as exc:  # a TraitError from the endpoint's check
-        raise CommandError(str(exc).replace("'endpoint' trait of a TraceExt instance", "--endpoint")) from None
+    except Exception as exc:  # a TraitError from the endpoint's or the headers' check
+        said = str(exc).replace("'endpoint' trait of a TraceExt instance", "--endpoint")
+        raise CommandError(said.replace("TraceExt.headers has", "A --header has")) from None
     config, _destination, warning = sender_config(settings)
     if config is None:
         raise CommandError(warning or "No endpoint to send to: give --endpoint URL (or set "

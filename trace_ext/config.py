@@ -88,6 +88,18 @@ def bad_header_names(names) -> list[int]:
     return [n for n, name in enumerate(names, 1) if not _HEADER_NAME.fullmatch(name)]
 
 
+# A value the HTTP client can put on the wire (httpx encodes it as ASCII; h11 refuses
+# line breaks, NUL and whitespace at either end). Like a name, it is refused where the
+# setting is read: found only when a request is made, it held the spans back unexplained.
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
+HEADER_VALUE_RULE = "printable ASCII only, no line break, and no space at either end"
+
+
+def bad_header_values(values) -> list[int]:
+    """The (1-based) positions of ``values`` no request can carry. Positions only: a value is a secret."""
+    return [n for n, value in enumerate(values, 1) if not _HEADER_VALUE.fullmatch(value)]
+
+
 # The smallest value each numeric setting takes, and its unit (for the error message).
 _MINIMUMS = {
     "shutdown_timeout": (0, "seconds"), "export_timeout": (0.1, "seconds"),
@@ -286,12 +298,17 @@ class TraceExt(Configurable):
     def _valid_headers(self, proposal):
         from ._redact import SecretHeaders
 
-        bad = bad_header_names(proposal["value"])
-        if bad:
-            raise SettingError(
-                f"TraceExt.headers has a name that is not an HTTP header name (header "
-                f"{', '.join(map(str, bad))} of {len(proposal['value'])}; a name is {HEADER_NAME_RULE})."
-            )
+        headers = proposal["value"]
+        for bad, what, rule in (
+            (bad_header_names(headers), "a name that is not an HTTP header name",
+             f"a name is {HEADER_NAME_RULE}"),
+            (bad_header_values(headers.values()), "a value no HTTP request can carry",
+             f"a value is {HEADER_VALUE_RULE}"),
+        ):
+            if bad:
+                raise SettingError(
+                    f"TraceExt.headers has {what} (header {', '.join(map(str, bad))} of {len(headers)}; {rule})."
+                )
         return SecretHeaders(proposal["value"])  # its repr hides the values
 
     @validate("redact")

@@ -9,7 +9,16 @@ from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
 from .._sdks import langfuse
-from ..config import HEADER_NAME_RULE, SettingError, TraceExt, bad_header_names, check_url, env
+from ..config import (
+    HEADER_NAME_RULE,
+    HEADER_VALUE_RULE,
+    SettingError,
+    TraceExt,
+    bad_header_names,
+    bad_header_values,
+    check_url,
+    env,
+)
 
 __all__ = [
     "SENDER_SETTINGS", "Destination", "SenderConfig", "destination_intended", "environment_fingerprint",
@@ -34,13 +43,17 @@ class Destination:
 
 
 def _otel_headers(
-    raw: str | None, problems: list[int] | None = None, bad_names: list[int] | None = None
+    raw: str | None,
+    problems: list[int] | None = None,
+    bad_names: list[int] | None = None,
+    bad_values: list[int] | None = None,
 ) -> dict[str, str]:
     """Parse ``OTEL_EXPORTER_OTLP_HEADERS`` (W3C baggage format, values percent-encoded).
 
     ``problems`` gets the (1-based) positions of items that are not ``key=value``:
     ignored, and reported by position only (an item may be a bare key).
-    ``bad_names`` gets those of items whose name is not an HTTP header name."""
+    ``bad_names`` gets those of items whose name is not an HTTP header name,
+    ``bad_values`` those whose value (decoded) no request can carry."""
     headers: dict[str, str] = {}
     for n, item in enumerate((raw or "").split(","), 1):
         key, sep, value = item.partition("=")
@@ -49,6 +62,8 @@ def _otel_headers(
             headers[name] = unquote(value.strip())
             if bad_header_names([name]) and bad_names is not None:
                 bad_names.append(n)
+            if bad_header_values([headers[name]]) and bad_values is not None:
+                bad_values.append(n)
         elif item.strip() and problems is not None:
             problems.append(n)
     return headers
@@ -80,14 +95,17 @@ def resolve_destination(settings: TraceExt) -> tuple[Destination | None, str]:
         for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
             problems: list[int] = []
             bad_names: list[int] = []
-            headers.update(_otel_headers(env(name), problems, bad_names))
-            if bad_names:
-                # No request can carry it: nothing is sent (spans stay pending) until it is fixed.
-                raise SettingError(
-                    f"{name} has a name that is not an HTTP header name (item "
-                    f"{', '.join(map(str, bad_names))}; a name is {HEADER_NAME_RULE}), so no request "
-                    "can be sent."
-                )
+            bad_values: list[int] = []
+            headers.update(_otel_headers(env(name), problems, bad_names, bad_values))
+            for bad, what, rule in (
+                (bad_names, "a name that is not an HTTP header name", f"a name is {HEADER_NAME_RULE}"),
+                (bad_values, "a value no HTTP request can carry", f"a value is {HEADER_VALUE_RULE}"),
+            ):
+                if bad:
+                    # No request can carry it: nothing is sent (spans stay pending) until it is fixed.
+                    raise SettingError(
+                        f"{name} has {what} (item {', '.join(map(str, bad))}; {rule}), so no request can be sent."
+                    )
             if problems:
                 items = ", ".join(map(str, problems))
                 warning = (f"{name} has items that are not key=value (item {items}), so they are not "
