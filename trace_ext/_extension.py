@@ -45,7 +45,12 @@ from .config import settings_from
 
 __all__ = ["Extension", "StoreWatch", "active", "load", "unload"]
 
-EXIT_SLACK = 0.2  # seconds of shutdown_timeout kept for what follows the sender's shutdown
+# Seconds of shutdown_timeout kept for what follows delivery: the sender's join slack (0.1 s),
+# giving an in-flight request's spans back (at most 0.2 s), the display's last word and
+# closing the store (its last connection checkpoints what the exit imported: 0.12-0.25 s
+# after a busy thread's spans). Kept inside the limit, the kernel's own teardown (0.2-0.3 s)
+# fits in the second the exit is allowed beyond it, on a busy machine too.
+EXIT_RESERVE = 0.5
 
 _ACTIVE: dict[int, "Extension"] = {}
 # A %%trace cell's open span, kept by an extension %reload_ext unloads for the one it loads next.
@@ -163,13 +168,14 @@ class Extension:
         """Saver, then sender, within ``deadline`` (monotonic) in all: the exit stays bounded.
 
         Saving is one append to the journal; importing it gets up to half the time
-        (or 1 s), the sender the rest. What isn't imported stays in the journal and
-        what isn't sent stays pending: the next kernel on the store does both.
+        (or 1 s), the sender the rest but the reserve (EXIT_RESERVE, or a quarter of
+        a shorter limit) the caller's closing steps take. What isn't imported stays
+        in the journal and what isn't sent stays pending: the next kernel does both.
         """
         left = max(deadline - time.monotonic(), 0.0)
-        self.saver.stop(min(left / 2, 1.0))
-        # The sender may overrun its time by its join's slack (0.1 s); closing the store takes some too.
-        return self.sender.shutdown(max(deadline - time.monotonic() - EXIT_SLACK, 0.0))
+        reserve = min(EXIT_RESERVE, left / 4)
+        self.saver.stop(min((left - reserve) / 2, 1.0))
+        return self.sender.shutdown(max(deadline - time.monotonic() - reserve, 0.0))
 
     def _at_exit(self) -> None:
         if os.getpid() != self._pid:

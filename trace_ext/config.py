@@ -172,9 +172,10 @@ class TraceExt(Configurable):
 
     shutdown_timeout = Float(
         3.0,
-        help="""Seconds the kernel may spend delivering spans when it exits or
-        the extension is unloaded. Whatever is not delivered by then stays in the
-        store and is sent the next time the extension is loaded.""",
+        help="""Seconds trace_ext may spend when the kernel exits or the
+        extension is unloaded: saving, delivering (all but the last 0.5 s) and
+        closing the store. Whatever is not delivered by then stays in the store
+        and is sent the next time the extension is loaded.""",
     ).tag(config=True)
 
     sdk_flush_timeout = Float(

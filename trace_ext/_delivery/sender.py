@@ -18,7 +18,7 @@ from typing import Callable
 import httpx
 from opentelemetry import context as otel_context
 
-from .._store.store import Claimed, SpanStore
+from .._store.store import CHECKPOINT_INTERVAL, Claimed, SpanStore
 from .._capture.threads import untraced_context
 from .destination import SenderConfig
 from .policy import (
@@ -40,7 +40,6 @@ __all__ = ["Sender"]
 log = logging.getLogger("trace_ext")
 
 POLL_INTERVAL = 5.0  # seconds: look for spans other kernels left, or when not woken per cell
-CHECKPOINT_INTERVAL = 2.0  # seconds between write-ahead-log checkpoints
 
 
 class Sender:

@@ -58,7 +58,7 @@ from .schema import (
     used_bytes,
 )
 
-__all__ = ["Claimed", "Counts", "Pruned", "SpanStore", "StoredSpan", "StoredTrace", "open_store"]
+__all__ = ["CHECKPOINT_INTERVAL", "Claimed", "Counts", "Pruned", "SpanStore", "StoredSpan", "StoredTrace", "open_store"]
 
 log = logging.getLogger("trace_ext")
 
@@ -71,6 +71,9 @@ REOPEN_MAX_INTERVAL = 30.0  # ... doubling after each failed attempt, up to this
 WAL_SIZE_LIMIT = 1 * 2**20
 COPY_ROWS = 500  # rows per transaction copying memory's spans to disk: the log holds one such chunk
 PRUNE_INTERVAL = 60.0  # seconds between retention passes
+# Seconds between checkpoints while spans are written (SQLite's automatic ones are off):
+# the sender thread checkpoints between its requests, the importer between its rounds.
+CHECKPOINT_INTERVAL = 2.0
 MARK_WAIT = 15.0  # seconds a mark (sent, failed, released) waits for the write lock
 ROWS_PER_INSERT = 500  # rows in one INSERT statement (13 columns: well under SQLite's 32,766 variables)
 IMPORT_PAUSE = 0.02  # seconds between a journal import's transactions: a few GIL switch intervals (5 ms)
@@ -612,9 +615,10 @@ class SpanStore:
         A ``not_before`` is the server's Retry-After, not a lease: no owner, never taken over."""
         self._update("UPDATE spans SET lease_until = ?, lease_owner = NULL", (not_before,), ids, wait)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, passive: bool = False) -> None:
         """Fold the write-ahead log into the database without blocking writers; then
-        :meth:`maintain`. The sender thread calls this every few seconds."""
+        :meth:`maintain`. The sender thread calls this every few seconds. ``passive``:
+        the fold alone, which never waits (the importer's call between its rounds)."""
         if self._closed:
             return
         if self._memory is None:
@@ -624,9 +628,10 @@ class SpanStore:
                 # A log past its limit (a burst of marks, a copy back from memory) is cut
                 # back now, holding writers off for that one checkpoint: on a nearly full
                 # disk it would otherwise keep the space until the next cell failed for it.
-                if os.path.getsize(self.path + "-wal") > WAL_SIZE_LIMIT:
+                if not passive and os.path.getsize(self.path + "-wal") > WAL_SIZE_LIMIT:
                     self._fold_log(conn)
-        self.maintain()
+        if not passive:
+            self.maintain()
 
     def requeue_failed(self) -> int:
         """Put failed spans back in the queue (after the cause has been fixed)."""
