@@ -308,6 +308,11 @@ class Saver:
         except sqlite3.OperationalError:
             pass  # the store is locked beyond the busy timeout: the journal holds the spans
         except Exception as exc:  # keep the thread alive whatever happens
+            if self._stopping:
+                # The exit stopped waiting for this round (the lock was held elsewhere) and
+                # closed the store under it: what it was importing stays in the journal.
+                log.debug("trace_ext import step ended by the exit", exc_info=True)
+                return
             log.exception("trace_ext import step failed")
             self._on_error(f"trace_ext could not import its journal into the store: {exc}.")
 
