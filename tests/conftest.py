@@ -184,6 +184,15 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
     return True
 
 
+def memory_mb(kernel, field: str = "VmRSS") -> float:
+    """The kernel process's memory from /proc: ``VmRSS`` now, ``VmHWM`` its peak so far."""
+    with open(f"/proc/{kernel.pid()}/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc")
+
+
 def installed(module: str) -> bool:
     """Whether ``module`` can be imported (``find_spec`` of ``a.b`` raises when ``a`` is missing)."""
     import importlib.util

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections import Counter
 
-from .conftest import wait_until
+from .conftest import memory_mb, wait_until
 from .otlp_receiver import Hang
 from .test_faults import (
     CELL, SETUP, assert_accounted, extension_exit_took, flushed, status_text, store_rows, timed_exit, traced_kernel,
@@ -208,14 +208,6 @@ for _i in range({n}):
 """
 
 
-def peak_rss_mb(kernel) -> float:
-    with open(f"/proc/{kernel.pid()}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc")
-
-
 def test_a_cell_making_300k_spans_is_saved_and_sent_while_it_runs_in_bounded_memory(
     start_kernel, receiver, store_path
 ):
@@ -227,12 +219,12 @@ def test_a_cell_making_300k_spans_is_saved_and_sent_while_it_runs_in_bounded_mem
     kernel = traced_kernel(start_kernel, receiver)
     kernel.ok(CELL.format(name="warm-up"))
     flushed(kernel)
-    before = peak_rss_mb(kernel)
+    before = memory_mb(kernel, "VmHWM")
     kernel.ok(MANY.format(n=n), timeout=300)
     ended = time.monotonic()
     during = [request for request in receiver.requests if request.received_at < ended]
     flushed(kernel, 240)
-    grew = peak_rss_mb(kernel) - before
+    grew = memory_mb(kernel, "VmHWM") - before
     print(f"{n:,} spans: peak memory +{grew:.0f} MB, {len(during)} requests while the cell ran")
     assert grew < 150, f"the kernel's peak memory grew by {grew:.0f} MB for {n:,} spans"
     assert during, "the sender made no request while the cell ran"

@@ -27,7 +27,7 @@ from trace_ext._delivery.sender import Sender
 from trace_ext._store.store import FAILED, PENDING, SENT
 from trace_ext.config import SettingError, TraceExt
 
-from .conftest import recording_tracer, require, wait_until
+from .conftest import memory_mb, recording_tracer, require, wait_until
 from .otlp_receiver import OtlpReceiver, Reset, Respond
 
 BIG = 100_000  # characters in an oversized attribute value
@@ -434,14 +434,6 @@ def test_the_certificate_setting_in_a_kernel(start_kernel, tls):
 # -- issue 11, case 8: answers without end, answers at a trickle ----------------------
 
 
-def _peak_rss_mb(kernel) -> float:
-    with open(f"/proc/{kernel.pid()}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def test_a_2xx_answer_without_end_is_cut_and_its_spans_are_sent(start_kernel, receiver, store_path):
     from .otlp_receiver import Trickle
     from .test_faults import CELL, assert_accounted, flushed, traced_kernel
@@ -449,11 +441,11 @@ def test_a_2xx_answer_without_end_is_cut_and_its_spans_are_sent(start_kernel, re
     kernel = traced_kernel(start_kernel, receiver, "export_timeout = 5")
     kernel.ok(CELL.format(name="warm-up"))
     flushed(kernel)
-    before = _peak_rss_mb(kernel)
+    before = memory_mb(kernel, "VmHWM")
     receiver.script(Trickle(200, size=256 * 2**20))  # 256 MB of "accepted", as fast as loopback goes
     kernel.ok(CELL.format(name="endless"))
     flushed(kernel, 60)
-    grew = _peak_rss_mb(kernel) - before
+    grew = memory_mb(kernel, "VmHWM") - before
     assert grew < 64, f"the kernel's peak memory grew by {grew:.0f} MB reading one answer"
     produced = kernel.value("_ids")
     assert assert_accounted(store_path, receiver, produced) == Counter(sent=4)

@@ -27,7 +27,7 @@ import pytest
 
 from trace_ext._store.store import LOCAL, MEMORY_IDS, PENDING, SpanStore, open_store
 
-from .conftest import journals_imported, recording_tracer, require, wait_until
+from .conftest import journals_imported, memory_mb, recording_tracer, require, wait_until
 from .otlp_receiver import Respond
 from .test_faults import store_rows
 
@@ -395,14 +395,6 @@ OUTAGE_SPANS = 100_000
 RSS_BOUND_MB = 100
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_100k_spans_during_an_outage_stay_on_disk_and_all_arrive_once(start_kernel, receiver, store_path):
     """The RSS bound (100 MB) is a third of what holding the outage in memory costs:
     `python -m bench --only outage` measures +293 MB for 100k such spans queued in RAM by the
@@ -414,7 +406,7 @@ def test_100k_spans_during_an_outage_stay_on_disk_and_all_arrive_once(start_kern
     kernel = start_kernel(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.base_url)
     kernel.ok("%load_ext trace_ext")
     kernel.ok(PRODUCE.format(n=2000))  # warm up: imports, caches, the first spill
-    before = rss_mb(kernel.pid())
+    before = memory_mb(kernel)
     for _ in range(4):
         kernel.ok(PRODUCE.format(n=OUTAGE_SPANS // 4), timeout=120)
     total = OUTAGE_SPANS + 2000
@@ -427,7 +419,7 @@ def test_100k_spans_during_an_outage_stay_on_disk_and_all_arrive_once(start_kern
             store.close()
 
     assert wait_until(lambda: pending() == total, 30), f"timed out waiting for {total} pending spans in the store"
-    after = rss_mb(kernel.pid())
+    after = memory_mb(kernel)
     produced = time.monotonic() - started
     assert after - before < RSS_BOUND_MB, f"RSS grew {after - before:.0f} MB ({before:.0f} -> {after:.0f})"
 
