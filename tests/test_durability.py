@@ -17,7 +17,8 @@ from collections import Counter
 from .conftest import memory_mb, wait_until
 from .otlp_receiver import Hang
 from .test_faults import (
-    CELL, SETUP, assert_accounted, extension_exit_took, flushed, status_text, store_rows, timed_exit, traced_kernel,
+    CELL, SETUP, all_stored, assert_accounted, extension_exit_took, flushed, status_text, store_rows, timed_exit,
+    traced_kernel,
 )
 
 
@@ -26,13 +27,6 @@ def kill_9(kernel) -> None:
     process = kernel.km.provisioner.process
     os.kill(kernel.pid(), signal.SIGKILL)
     process.wait(timeout=20)
-
-
-def all_stored(store_path, ids, journals: bool = True) -> bool:
-    try:
-        return set(ids) <= set(store_rows(store_path, journals))
-    except sqlite3.OperationalError:  # the file is being created or locked: not yet
-        return False
 
 
 # --------------------------------------------------------------------------- 1

@@ -56,10 +56,10 @@ def store_rows(store_path, journals: bool = True) -> dict[str, tuple[str, str | 
     return stored
 
 
-def all_in_table(store_path, ids) -> bool:
+def all_stored(store_path, ids, journals: bool = True) -> bool:
     try:
-        return set(ids) <= set(store_rows(store_path, journals=False))
-    except sqlite3.OperationalError:  # locked for a moment by the kernel importing them
+        return set(ids) <= set(store_rows(store_path, journals))
+    except sqlite3.OperationalError:  # the file is being created or locked: not yet
         return False
 
 
@@ -402,7 +402,6 @@ def test_exit_is_bounded_whatever_holds_the_store_or_the_request(start_kernel, r
     kernel = traced_kernel(start_kernel, receiver, "shutdown_timeout = 2")
     for i in range(3):
         kernel.ok(CELL.format(name=f"exit-{i}"))
-    produced = kernel.value("_ids")
     assert receiver.wait_for(lambda rx: len(rx.requests) >= 1, timeout=20)  # one is in flight
     writer = sqlite3.connect(str(store_path), isolation_level=None, timeout=5)
     try:
@@ -425,7 +424,7 @@ def test_exit_is_bounded_whatever_holds_the_store_or_the_request(start_kernel, r
     # (a trickled 2xx was never read to its end, so its spans are sent again: at least once).
     receiver.stop()  # refused from now on: what the next kernel imports stays pending
     traced_kernel(start_kernel, receiver)
-    assert wait_until(lambda: all_in_table(store_path, produced), 30), "the next kernel did not import them"
+    assert wait_until(lambda: all_stored(store_path, produced, journals=False), 30), "the next kernel did not import them"
     rows = store_rows(store_path, journals=False)
     assert {rows[span_id][0] for span_id in produced} == {"pending"}
 
